@@ -170,6 +170,25 @@ def seed_article_diffuse(x0: torch.Tensor, steps: int, generator: torch.Generato
     return torch.stack(states)
 
 
+def seed_article_reverse(x_T: torch.Tensor, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """The source article's reverse loop, run exactly as its code is written.
+
+    With the identity as its ``reverse_diffusion_model`` it repeats, for t = steps - 1, ..., 0:
+        noise ~ N(0, I);  x <- x - sqrt(t) * noise.
+    Subtracting a fresh draw is adding one (-noise has the law of noise): the variance grows by
+    another n (n - 1) / 2 instead of returning to the data's. Returns the trajectory, shape
+    (steps + 1, *x_T.shape), in the loop's order.
+    """
+    check_float("x_T", x_T)
+    check_positive_int("steps", steps)
+    x, states = x_T.double(), [x_T.double()]
+    for t in reversed(range(steps)):
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        x = x - math.sqrt(t) * noise
+        states.append(x)
+    return torch.stack(states)
+
+
 def seed_article_equation_diffuse(
     schedule: Schedule, x0: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:

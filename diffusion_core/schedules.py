@@ -384,10 +384,11 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
 def timestep_spacing(T: int, k: int, spacing: str = "trailing") -> torch.Tensor:
     """Choose k of the times 1..T for a k-step sampler, returned in decreasing order (int64).
 
-    - ``"leading"``: 1, 1 + T//k, 1 + 2 T//k, ...: never visits t = T, so the sampler starts
-      from a noise level the model was not trained to start from (Lin et al. 2024, Table 2).
+    - ``"leading"``: 1, 1 + T//k, 1 + 2 T//k, ...: misses t = T unless k = T, so the sampler
+      starts from pure noise at a time the model believes still holds some signal (Lin et al.
+      2024, Table 2).
     - ``"trailing"``: T, T - T/k, ..., rounded: always starts at t = T.
-    - ``"linspace"``: k times evenly spaced from 1 to T, rounded.
+    - ``"linspace"``: k times evenly spaced from 1 to T, rounded (for k = 1 that is t = 1 alone).
     """
     check_positive_int("T", T)
     check_positive_int("k", k, maximum=T)

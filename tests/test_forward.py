@@ -24,6 +24,7 @@ from diffusion_core.forward import (
 from diffusion_core.schedules import (
     VESDE,
     VPSDE,
+    Schedule,
     cosine_schedule,
     linear_schedule,
     rescale_zero_terminal_snr,
@@ -56,20 +57,29 @@ def assert_variance(samples, expected, what=""):
 # --- q_sample against the chain and the closed form -----------------------------------------
 
 
-def test_q_sample_and_simulate_chain_agree_in_distribution():
+# A short chain with large, unequal steps: an off-by-one in the step index changes its
+# marginals by tens of percent, far beyond the Monte Carlo error.
+SHORT = Schedule(torch.linspace(0.05, 0.6, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "schedule, keep", [(linear_schedule(1000), 5), (SHORT, None)], ids=["linear", "short"]
+)
+def test_q_sample_and_simulate_chain_agree_in_distribution(schedule, keep):
     # 16000 x 2 values stay under torch's intra-op parallel grain (32768 elements): a loop of
     # 1000 small steps is fastest single-threaded, and immune to a busy machine.
-    schedule, n = linear_schedule(1000), 16_000
+    n = 16_000
     x0 = torch.tensor([1.5, -2.0], dtype=torch.float64).repeat(n, 1)
-    states = simulate_chain(schedule, x0, gen(0), keep=5)  # t = 0, 250, 500, 750, 1000
-    assert states.shape == (5, n, 2)
+    states = simulate_chain(schedule, x0, gen(0), keep=keep)
+    T = schedule.T
+    times = list(range(T + 1)) if keep is None else [i * T // (keep - 1) for i in range(keep)]
+    assert states.shape == (len(times), n, 2)
     assert torch.equal(states[0], x0)
     noise_gen = gen(1)
-    for i, t in enumerate([250, 500, 750, 1000], start=1):
+    for i, t in enumerate(times[1:], start=1):
         scale, std = schedule.marginal(t)
-        closed = q_sample(
-            schedule, x0, t, torch.randn(x0.shape, generator=noise_gen, dtype=x0.dtype)
-        )
+        noise = torch.randn(x0.shape, generator=noise_gen, dtype=x0.dtype)
+        closed = q_sample(schedule, x0, t, noise)
         for name, x_t in [("chain", states[i]), ("q_sample", closed)]:
             assert_mean(x_t, scale * x0[0], std**2, f"{name} t={t}")
             assert_variance(x_t, std**2, f"{name} t={t}")
@@ -82,7 +92,7 @@ def test_q_sample_and_simulate_chain_agree_in_distribution():
     # Cov(x_s, x_t) = sqrt(alpha_bar_t / alpha_bar_s) (1 - alpha_bar_s). SE of a sample
     # covariance of jointly Gaussian pairs: sqrt((Var x_s Var x_t + Cov^2) / n).
     alpha_bars = schedule.alpha_bars
-    a_s, a_t = alpha_bars[250], alpha_bars[500]
+    a_s, a_t = alpha_bars[times[1]], alpha_bars[times[2]]
     cov = (a_t / a_s).sqrt() * (1 - a_s)
     centred = states[1:3] - states[1:3].mean(1, keepdim=True)
     sample_cov = (centred[0] * centred[1]).sum(0) / (n - 1)
@@ -224,13 +234,13 @@ def test_q_posterior_with_one_time_per_sample():
 # --- Euler-Maruyama for the continuous processes --------------------------------------------
 
 
-def euler_maruyama_moments(sde, x0, n_steps):
+def euler_maruyama_moments(sde, x0, n_steps, t_end=1.0):
     """Mean and variance of the Euler-Maruyama chain for a linear SDE dx = a(t) x dt + g(t) dw.
 
     The scheme's own moments obey m <- (1 + a h) m, v <- (1 + a h)^2 v + g^2 h exactly; their
     gap from the exact marginal is the scheme's discretisation bias, O(h).
     """
-    h, mean, variance = 1.0 / n_steps, torch.tensor(x0, dtype=torch.float64), 0.0
+    h, mean, variance = t_end / n_steps, torch.tensor(x0, dtype=torch.float64), 0.0
     one = torch.ones((), dtype=torch.float64)
     for k in range(n_steps):
         t = torch.tensor(k * h, dtype=torch.float64)
@@ -267,6 +277,20 @@ def test_euler_maruyama_bias_is_first_order_in_the_step(sde):
             assert 1.8 <= coarse / fine <= 2.2
 
 
+@pytest.mark.parametrize(
+    "sde, t_end", [(VPSDE(), 1.0), (VESDE(), 1.0), (VPSDE(), 0.5)], ids=["VP", "VE", "VP-half"]
+)
+def test_simulate_sde_is_euler_maruyama(sde, t_end):
+    # With 20 coarse steps the scheme's bias is large (~10%) and depends on where each step
+    # evaluates f and g; Monte Carlo must match the scheme's own moments, with no allowance.
+    n, n_steps, x0_value = 50_000, 20, 3.0
+    x0 = torch.full((n,), x0_value, dtype=torch.float64)
+    x_end = simulate_sde(sde, x0, n_steps, gen(11), t_end=t_end)
+    mean, variance = euler_maruyama_moments(sde, x0_value, n_steps, t_end)
+    assert_mean(x_end, mean, variance, "Euler-Maruyama")
+    assert_variance(x_end, variance, "Euler-Maruyama")
+
+
 # --- the seed article's schemes -------------------------------------------------------------
 
 
@@ -294,17 +318,22 @@ def test_seed_article_diffuse_variance_grows_quadratically():
         assert_mean(states[steps], 0.0, expected, f"steps={steps}")
 
 
-def test_seed_article_equation_diffuse_matches_its_moments():
-    schedule, n = linear_schedule(1000), 4000
-    times = [1, 10, 100, 1000]
+@pytest.mark.parametrize(
+    "schedule, n, times",
+    [(linear_schedule(1000), 4000, [1, 10, 100, 1000]), (SHORT, 20_000, range(1, 9))],
+    ids=["linear", "short"],
+)
+def test_seed_article_equation_diffuse_matches_its_moments(schedule, n, times):
+    # The short schedule's large betas make beta_t (1 - beta_{t-1}) differ from beta_t by up
+    # to 50%, so a step that dropped the (1 - beta_{t-1}) factor would fail.
     # A fixed x0: the mean is m_t x0 and the variance is the noise part alone.
     x0_value = 0.5
     states = seed_article_equation_diffuse(
         schedule, torch.full((n,), x0_value, dtype=torch.float64), gen(9)
     )
-    assert states.shape == (1001, n)
+    assert states.shape == (schedule.T + 1, n)
     factor, variance = seed_article_equation_moments(schedule)
-    assert factor[-1] > 2e4  # the signal is amplified, not shrunk
+    assert bool((factor[1:].diff() > 0).all())  # the signal is amplified, not shrunk
     for t in times:
         assert_mean(states[t], factor[t] * x0_value, variance[t], f"t={t}")
         assert_variance(states[t], variance[t], f"t={t}")

@@ -214,6 +214,39 @@ def test_cosine_betas_are_clipped_at_max_beta():
     assert cosine_schedule(max_beta=0.5).betas.max() == 0.5
 
 
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize(
+    "schedule, alpha_bar",
+    [
+        (
+            cosine_schedule(500, s=0.008),
+            lambda u: (
+                math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+                / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+            ),
+        ),
+        (
+            sigmoid_schedule(500, start=-3.0, end=3.0, tau=0.7),
+            lambda u: (
+                (_sigmoid(3 / 0.7) - _sigmoid((6 * u - 3) / 0.7))
+                / (_sigmoid(3 / 0.7) - _sigmoid(-3 / 0.7))
+            ),
+        ),
+    ],
+    ids=["cosine", "sigmoid"],
+)
+def test_continuous_alpha_bar_schedules_follow_their_definition(schedule, alpha_bar):
+    # alpha_bar_t = alpha_bar(t / T) for t < T (only the last beta is clipped). The product of
+    # T rounded factors 1 - beta_t drifts by at most ~T eps = 1e-13 relative.
+    T = schedule.T
+    expected = torch.tensor([alpha_bar(t / T) for t in range(T)], dtype=torch.float64)
+    torch.testing.assert_close(schedule.alpha_bars[:T], expected, rtol=1e-10, atol=0)
+    assert schedule.betas[-1] == 0.999  # alpha_bar(1) = 0 (or ~1e-33): the clip holds beta_T
+
+
 def test_vpsde_discretization_is_the_ddpm_linear_schedule():
     T, sde = 1000, VPSDE()
     vp, ddpm = sde.discretize(T).betas, linear_schedule(T).betas

@@ -1,0 +1,235 @@
+"""Training objectives: denoising score matching with eps-, x0- or v-prediction and SNR weights.
+
+One training example is a clean sample x0, a time t drawn uniformly from 1..T and noise
+eps ~ N(0, I). With (scale, std) = ``schedule.marginal(t)`` the network sees
+
+    x_t = scale x0 + std eps
+
+and predicts one of three targets (Ho et al. 2020; Salimans & Ho 2022):
+
+    eps,    x0,    v = scale eps - std x0.
+
+Each loss is the squared error of its target, averaged over the dimensions of one sample.
+
+How the three relate. Write SNR = scale^2 / std^2 and remember scale^2 + std^2 = 1 for the
+variance-preserving schedules of :mod:`diffusion_core.schedules`. A prediction of any one target
+fixes the other two through x_t = scale x0 + std eps, x0 = scale x_t - std v and
+eps = std x_t + scale v, so the errors are proportional, per sample:
+
+    ||x0 - x0_hat||^2 = (std / scale)^2 ||eps - eps_hat||^2 = std^2 ||v - v_hat||^2,
+    ||eps - eps_hat||^2 = scale^2 ||v - v_hat||^2.
+
+In terms of SNR: L_x0 = L_eps / SNR = L_v / (SNR + 1). Training with one target under a weight
+is the same objective as training with another target under the converted weight. Every
+weighting here is therefore defined once, as a weight w(t) on the x0 error, and converted:
+
+    weighting    w(t) on L_x0       weight on L_eps         weight on L_v
+    "snr"        SNR                1                       SNR / (SNR + 1)
+    "min_snr"    min(SNR, gamma)    min(SNR, gamma) / SNR   min(SNR, gamma) / (SNR + 1)
+
+"snr" is the plain eps-loss of DDPM (Ho et al. 2020, L_simple) whatever the target;
+"min_snr" is the Min-SNR-gamma weighting of Hang et al. (2023), which clips
+the weight of the nearly clean times, where SNR is large, at gamma (5 in the paper). The weight
+min(SNR, gamma) / SNR on L_eps is computed as min(1, gamma / SNR), which is 1 (not 0 / 0) at a
+zero-terminal-SNR step. "none" puts weight 1 on the chosen target, so that the eps-, x0- and
+v-losses then differ by the factors above.
+
+Randomness comes only from the ``torch.Generator`` passed in, drawn before the network runs:
+the same generator state gives the same t and eps whatever the network. Used by
+:func:`diffusion_core.train.train`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffusion_core._validation import check_batch, check_float, check_timesteps, per_sample
+from diffusion_core.forward import q_sample
+from diffusion_core.schedules import Schedule
+
+__all__ = [
+    "PREDICTIONS",
+    "WEIGHTINGS",
+    "diffusion_loss",
+    "loss_weight",
+    "per_sample_loss",
+    "sample_t_and_noise",
+    "target",
+]
+
+PREDICTIONS = ("eps", "x0", "v")
+WEIGHTINGS = ("none", "snr", "min_snr")
+
+
+def sample_t_and_noise(
+    x0: torch.Tensor, schedule: Schedule, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw t ~ Uniform{1..T} (int64, shape (n,)) and eps ~ N(0, I) shaped like ``x0``.
+
+    Both come from ``generator``, in that order, on the generator's device, and are then moved
+    to ``x0``'s device: a CPU generator gives the same draws on every device.
+    """
+    _check_schedule(schedule)
+    check_float("x0", x0)
+    _check_generator(generator)
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must have shape (n, ...) with a batch axis first, got {x0.ndim}-D")
+    where = generator.device
+    t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator, device=where)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=where)
+    return t.to(x0.device), noise.to(x0.device)
+
+
+def target(
+    x0: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, std: torch.Tensor, prediction: str
+) -> torch.Tensor:
+    """What the network should output: eps, x0 or v = scale eps - std x0 (Salimans & Ho 2022).
+
+    ``scale`` and ``std`` hold one value per sample (shape (n,)) or one for all. The result has
+    ``x0``'s dtype; v is formed in float64.
+    """
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    v = per_sample(scale, x0) * noise.double() - per_sample(std, x0) * x0.double()
+    return v.to(x0.dtype)
+
+
+def loss_weight(
+    schedule: Schedule, t, prediction: str = "eps", weighting: str = "none", gamma: float = 5.0
+) -> torch.Tensor:
+    """The weight on the per-sample squared error of ``prediction`` at steps ``t`` (float64).
+
+    See the table in the module docstring: a weight w(t) on the x0 error (SNR for "snr",
+    min(SNR, gamma) for "min_snr"), converted to the chosen target; 1 for "none".
+    """
+    _check_schedule(schedule)
+    _check_prediction(prediction)
+    _check_weighting(weighting)
+    gamma = _check_gamma(gamma)
+    t = _check_steps(t, schedule.T)
+    snr = schedule.snr[t.to(schedule.betas.device)]
+    if weighting == "none":
+        return torch.ones_like(snr)
+    if prediction == "eps":
+        return torch.ones_like(snr) if weighting == "snr" else (gamma / snr).clamp(max=1.0)
+    x0_weight = snr if weighting == "snr" else snr.clamp(max=gamma)
+    return x0_weight if prediction == "x0" else x0_weight / (snr + 1.0)
+
+
+def per_sample_loss(
+    net,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    t,
+    noise: torch.Tensor,
+    prediction: str = "eps",
+    weighting: str = "none",
+    gamma: float = 5.0,
+) -> torch.Tensor:
+    """The weighted squared error of each sample at given times and noise, shape (n,).
+
+    loss_i = weight(t_i) * mean_j (net(x_t, t)_ij - target_ij)^2 with x_t from
+    :func:`diffusion_core.forward.q_sample`, the target from :func:`target` and the weight from
+    :func:`loss_weight`. ``t`` is an int tensor in 1..T of shape (n,), or one step for all.
+    For analysis (loss against t); :func:`diffusion_loss` draws ``t`` and ``noise`` itself.
+    The result has the dtype of the network's output.
+    """
+    _check_schedule(schedule)
+    check_float("x0", x0)
+    check_float("noise", noise)
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must have shape (n, ...) with a batch axis first, got {x0.ndim}-D")
+    if noise.shape != x0.shape:
+        raise ValueError(
+            f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}"
+        )
+    t = _check_steps(t, schedule.T)
+    check_batch("t", t, x0.shape[0], "the batch size of x0")
+    t = t.to(x0.device).expand(x0.shape[0])
+    weight = loss_weight(schedule, t, prediction, weighting, gamma).to(x0.device)
+
+    schedule = _schedule_on(schedule, x0.device)
+    x_t = q_sample(schedule, x0, t, noise)
+    scale, std = schedule.marginal(t)
+    prediction_value = net(x_t, t)
+    if not isinstance(prediction_value, torch.Tensor) or prediction_value.shape != x0.shape:
+        got = getattr(prediction_value, "shape", type(prediction_value).__name__)
+        raise ValueError(f"net must return a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+    wanted = target(x0, noise, scale, std, prediction).to(prediction_value.dtype)
+    squared_error = (prediction_value - wanted).square().flatten(1).mean(1)
+    return weight.to(squared_error.dtype) * squared_error
+
+
+def diffusion_loss(
+    net,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    generator: torch.Generator,
+    prediction: str = "eps",
+    weighting: str = "none",
+    gamma: float = 5.0,
+) -> torch.Tensor:
+    """The Monte Carlo training loss: the mean of :func:`per_sample_loss` over the batch.
+
+    t ~ Uniform{1..T} and eps ~ N(0, I) are drawn from ``generator`` by
+    :func:`sample_t_and_noise`. With ``prediction="eps"`` and ``weighting="none"`` this is
+    L_simple of Ho et al. (2020, Eq. 14). Returns a scalar tensor.
+    """
+    t, noise = sample_t_and_noise(x0, schedule, generator)
+    return per_sample_loss(net, x0, schedule, t, noise, prediction, weighting, gamma).mean()
+
+
+def _schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
+    """The same schedule with its table on ``device`` (forward.q_sample indexes it with t)."""
+    if schedule.betas.device == device:
+        return schedule
+    return Schedule(schedule.betas.to(device))
+
+
+def _check_schedule(schedule) -> None:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+
+
+def _check_steps(t, T: int) -> torch.Tensor:
+    """Integer steps in 1..T: the loss is not defined at t = 0, where SNR is infinite."""
+    try:
+        steps = check_timesteps("t", t, T)
+        in_range = not steps.numel() or bool((steps >= 1).all())
+    except ValueError:
+        in_range = False
+    if not in_range:
+        values = torch.as_tensor(t)
+        raise ValueError(
+            f"t must lie in 1..{T} (t = 0 is clean data, where SNR is infinite), got values in "
+            f"{int(values.min())}..{int(values.max())}"
+        )
+    return steps
+
+
+def _check_generator(generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+
+def _check_prediction(prediction) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
+def _check_weighting(weighting) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def _check_gamma(gamma) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
+        raise TypeError(f"gamma must be a number, got {type(gamma).__name__}")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+    return float(gamma)

@@ -1,0 +1,222 @@
+"""What a network predicts: conversions between eps-, x0-, v- and score-prediction.
+
+With the library's convention x_t = scale * x0 + std * eps, a network may be trained to predict
+the noise eps (Ho et al. 2020), the clean data x0, the velocity v = scale * eps - std * x0
+(Salimans & Ho 2022, Sec. 4 and App. D) or the score grad log p_t(x_t) = -E[eps | x_t] / std
+(Song et al. 2021; Tweedie's formula). Any one of them, with x_t, determines the others:
+
+    x0    = (x - std * eps) / scale            eps = (x - scale * x0) / std
+    x0    = (scale * x - std * v) / (scale^2 + std^2)
+    eps   = (std * x + scale * v) / (scale^2 + std^2)
+    score = -eps / std                         eps = -std * score
+
+For a variance-preserving process scale^2 + std^2 = 1 and the v formulas are Salimans & Ho's
+x0 = scale x - std v, eps = std x + scale v; the general form keeps them exact for any process.
+
+Where the conversion divides by zero it does so silently, because inspecting the values would
+need a host read on every call: recovering x0 from eps at scale = 0 (zero terminal SNR, where
+x_t holds no trace of the data: the lesson of Lin et al. 2024) and recovering eps or the score at
+std = 0 (clean data, where there is no noise). The results there are inf or NaN.
+
+The samplers of :mod:`diffusion_core.samplers` see every model as a denoiser x0_hat = D(x, t):
+:func:`as_denoiser` wraps a network that predicts eps, x0 or v, and :func:`exact_denoiser` gives
+the Bayes-optimal denoiser of a Gaussian mixture, which isolates a sampler's own error.
+
+The conversions take tensors and ``scale``/``std`` as numbers, 0-d tensors or (n,) tensors (one
+value per sample, broadcast over the other axes) and return float64. They check types and
+shapes only (no host synchronisation), so they are cheap enough to call inside a sampling loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffusion_core._validation import as_tensor, check_batch, per_sample
+from diffusion_core.analytic import GaussianMixture
+from diffusion_core.schedules import VESDE, VPSDE, Schedule
+
+__all__ = [
+    "PREDICTIONS",
+    "as_denoiser",
+    "eps_from_score",
+    "eps_from_v",
+    "eps_from_x0",
+    "exact_denoiser",
+    "score_from_eps",
+    "v_from_eps_x0",
+    "x0_from_eps",
+    "x0_from_v",
+]
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def _tensor(name: str, x) -> torch.Tensor:
+    """A floating-point tensor with at least one axis, as float64 (values are not inspected)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch axis, shape (n, ...), got shape ()")
+    return x.to(torch.float64)
+
+
+def _pair(name_a: str, a, name_b: str, b) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _tensor(name_a, a), _tensor(name_b, b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b} must have the shape of {name_a}, {tuple(a.shape)}, got {tuple(b.shape)}"
+        )
+    return a, b
+
+
+def _level(name: str, value, like: torch.Tensor) -> torch.Tensor:
+    """``scale`` or ``std``: a number, a 0-d tensor or one value per sample, shaped to broadcast."""
+    value = as_tensor(name, value)
+    if not value.is_floating_point():
+        value = value.to(torch.float64)
+    check_batch(name, value, like.shape[0], "the batch size")
+    return per_sample(value.to(device=like.device, dtype=torch.float64), like)
+
+
+# ------------------------------------------------------------------------- conversions
+
+
+def x0_from_eps(x, eps, scale, std) -> torch.Tensor:
+    """x0 = (x - std * eps) / scale, inverting x = scale x0 + std eps (Ho et al. 2020, Eq. 15).
+
+    Divides by ``scale``: inf or NaN at scale = 0 (zero terminal SNR), where eps carries no
+    information about x0.
+    """
+    x, eps = _pair("x", x, "eps", eps)
+    return (x - _level("std", std, x) * eps) / _level("scale", scale, x)
+
+
+def eps_from_x0(x, x0, scale, std) -> torch.Tensor:
+    """eps = (x - scale * x0) / std. Divides by ``std``: inf or NaN at std = 0 (clean data)."""
+    x, x0 = _pair("x", x, "x0", x0)
+    return (x - _level("scale", scale, x) * x0) / _level("std", std, x)
+
+
+def v_from_eps_x0(eps, x0, scale, std) -> torch.Tensor:
+    """v = scale * eps - std * x0 (Salimans & Ho 2022, Sec. 4), the velocity d x_t / d phi of
+    the variance-preserving path x_t = cos(phi) x0 + sin(phi) eps."""
+    eps, x0 = _pair("eps", eps, "x0", x0)
+    return _level("scale", scale, eps) * eps - _level("std", std, eps) * x0
+
+
+def x0_from_v(x, v, scale, std) -> torch.Tensor:
+    """x0 = (scale * x - std * v) / (scale^2 + std^2); = scale x - std v for a VP process.
+
+    Finite whenever scale and std are not both zero: v-prediction works at zero terminal SNR.
+    """
+    x, v = _pair("x", x, "v", v)
+    scale, std = _level("scale", scale, x), _level("std", std, x)
+    return (scale * x - std * v) / (scale**2 + std**2)
+
+
+def eps_from_v(x, v, scale, std) -> torch.Tensor:
+    """eps = (std * x + scale * v) / (scale^2 + std^2); = std x + scale v for a VP process."""
+    x, v = _pair("x", x, "v", v)
+    scale, std = _level("scale", scale, x), _level("std", std, x)
+    return (std * x + scale * v) / (scale**2 + std**2)
+
+
+def score_from_eps(eps, std) -> torch.Tensor:
+    """score = grad log p_t(x) = -E[eps | x_t] / std (Tweedie; Song et al. 2021, Eq. 4 ff.).
+
+    Divides by ``std``: inf or NaN at std = 0.
+    """
+    eps = _tensor("eps", eps)
+    return -eps / _level("std", std, eps)
+
+
+def eps_from_score(score, std) -> torch.Tensor:
+    """eps = -std * score, the inverse of :func:`score_from_eps`."""
+    score = _tensor("score", score)
+    return -_level("std", std, score) * score
+
+
+# ---------------------------------------------------------------------------- denoisers
+
+
+def _check_process(process) -> None:
+    if not callable(getattr(process, "marginal", None)):
+        raise TypeError(
+            "process must have a marginal(t) -> (scale, std) method (a Schedule, VPSDE or "
+            f"VESDE), got {type(process).__name__}"
+        )
+
+
+def _reaches_zero_snr(process) -> bool:
+    """Whether ``process.marginal`` can return scale = 0, decided once, on the host.
+
+    A :class:`Schedule` does exactly when alpha_bar_T = 0; the VP and VE SDEs keep scale > 0 on
+    [0, 1]; of any other process nothing is known, so it counts as reaching zero SNR.
+    """
+    if isinstance(process, Schedule):
+        return float(process.alpha_bars[-1]) == 0.0
+    return not isinstance(process, VPSDE | VESDE)
+
+
+def as_denoiser(net: Callable, process, prediction: str) -> Callable:
+    """Turn ``net(x, t)``, which predicts eps, x0 or v at time t, into ``model(x, t) -> x0_hat``.
+
+    ``process.marginal(t)`` gives (scale, std) at the model times t (integers for a
+    :class:`Schedule`, reals in [0, 1] for an SDE); ``prediction`` is one of ``"eps"``, ``"x0"``,
+    ``"v"``. The result is float64 and follows the conversions above.
+
+    An eps-predicting network cannot give x0 at zero SNR (scale = 0): x = eps there, and
+    x0 = (x - std eps) / scale is 0 / 0. The model then raises ``ValueError`` on its first call
+    at such a time instead of returning NaN. That check reads scale on the host, so it is made
+    only for processes that can reach scale = 0 (a zero-terminal-SNR schedule); for every other
+    process, and for x0- and v-prediction, the wrapper adds no host synchronisation of its own
+    (``process.marginal`` still checks its times).
+    """
+    if not callable(net):
+        raise TypeError(f"net must be callable, got {type(net).__name__}")
+    _check_process(process)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    check_zero_snr = prediction == "eps" and _reaches_zero_snr(process)
+
+    def model(x: torch.Tensor, t) -> torch.Tensor:
+        out = net(x, t)
+        if prediction == "x0":
+            return _pair("x", x, "net(x, t)", out)[1]
+        scale, std = process.marginal(t)
+        if prediction == "v":
+            return x0_from_v(x, out, scale, std)
+        if check_zero_snr and bool((scale == 0).any()):
+            raise ValueError(
+                "prediction='eps' cannot recover x0 at zero SNR (scale = 0 at this t): x_t holds "
+                "no information about x0 there. Use a v- or x0-predicting model, or start the "
+                "grid at a time with scale > 0."
+            )
+        return x0_from_eps(x, out, scale, std)
+
+    return model
+
+
+def exact_denoiser(mixture: GaussianMixture, process) -> Callable:
+    """The Bayes-optimal denoiser model(x, t) = E[x0 | x_t = x] of Gaussian-mixture data.
+
+    It evaluates :meth:`GaussianMixture.x0_pred` at (scale, std) = ``process.marginal(t)``:
+    exact at every noise level, including zero SNR (where it returns the data mean), so that a
+    sampler driven by it shows only its own discretisation error.
+    """
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+    _check_process(process)
+
+    def model(x: torch.Tensor, t) -> torch.Tensor:
+        scale, std = process.marginal(t)
+        return mixture.x0_pred(x, scale, std)
+
+    return model

@@ -1,0 +1,540 @@
+"""Samplers: from noise to data along an explicit time grid.
+
+Every sampler is a pure function with one signature,
+
+    sampler(model, x, grid, generator=None, callback=None, **options) -> x
+
+- ``model(x, t) -> x0_hat`` is a denoiser (see :func:`diffusion_core.parameterization.as_denoiser`
+  for networks that predict eps or v). ``t`` is one entry of ``grid.t`` as a 0-d tensor; ``x``
+  has the shape and dtype of the sampler's input.
+- ``x`` is the state at the first grid point, drawn by the caller: :func:`prior_sample` gives
+  x = std_0 * z, z ~ N(0, I).
+- ``grid`` is a :class:`TimeGrid`: model times and the (scale, std) of x_t = scale x0 + std eps
+  at each point, from noisy to clean (:func:`schedule_grid`, :func:`sde_grid`).
+- ``generator`` is the random source of the stochastic samplers (None: torch's global one). Each
+  random draw is ``torch.randn(x.shape, generator=generator, dtype=torch.float64)`` on x's
+  device, so that a notebook can replay it.
+- ``callback(i, x, x0_hat)``, if given, sees the float64 state after step i and the denoiser
+  output used in that step: a whole trajectory at no extra cost.
+
+The samplers think in the variance-exploding coordinates of Karras et al. (2022): y = x / scale
+= x0 + sigma eps with sigma = std / scale, and lambda = log(scale / std) = -log sigma. Their update
+coefficients are written so that they stay finite at sigma = inf (scale = 0).
+
+Final-step policy. A grid from :func:`schedule_grid` or :func:`sde_grid` ends at (scale, std) =
+(1, 0), the clean sample. Every sampler takes the last step onto std = 0 as a first-order step
+that returns the denoiser's output x0_hat at the previous grid point, without noise: DDPM shows
+its mean "noiselessly" at the end (Ho et al. 2020, Sec. 3.3 and Alg. 2), and Heun's last step is
+an Euler step (Karras et al. 2022, Alg. 1). A grid that ends at std > 0 is allowed too (partial
+sampling); then there is no special last step.
+
+Precision. Every coefficient is computed once, before the loop, in float64 from the grid; the
+state is float64; the model sees x in the dtype of the input x and its output is cast to float64;
+the result is returned in the input's dtype. So an fp16 network gets fp16 inputs while the
+schedule arithmetic, where the cancellations are, stays exact to float64.
+
+No host synchronisation inside loops: the grid is read into Python floats with ``.tolist()``
+once, and the loop has no ``.item()``, ``float(tensor)`` or ``if`` on a tensor value.
+
+Zero terminal SNR. A grid may start at scale_0 = 0 (sigma_0 = inf, Lin et al. 2024).
+:func:`ddpm`, :func:`ddim`, :func:`euler`, :func:`heun` and :func:`dpm_solver_pp_2m` take a
+first-order first step whose coefficients stay finite there (with a model that predicts x0 or v:
+eps-prediction cannot give x0 at zero SNR). :func:`euler_maruyama` and
+:func:`predictor_corrector` raise ``ValueError``: the reverse SDE in sigma would have to remove
+noise of infinite variance sigma_0^2 in its first step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from diffusion_core._validation import check_float, check_positive_int
+from diffusion_core.schedules import VESDE, VPSDE, Schedule, karras_sigmas, timestep_spacing
+
+__all__ = [
+    "GRID_KINDS",
+    "SAMPLERS",
+    "VARIANCES",
+    "TimeGrid",
+    "ddim",
+    "ddpm",
+    "dpm_solver_pp_2m",
+    "euler",
+    "euler_maruyama",
+    "heun",
+    "predictor_corrector",
+    "prior_sample",
+    "schedule_grid",
+    "sde_grid",
+]
+
+GRID_KINDS = ("uniform", "karras")
+VARIANCES = ("beta_tilde", "beta")
+
+
+# ------------------------------------------------------------------------------ time grid
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """K + 1 points of a sampling path, from noisy (index 0) to clean (index K).
+
+    Args:
+        t: (K + 1,) model times, strictly decreasing: integers for a discrete
+            :class:`~diffusion_core.schedules.Schedule`, reals in [0, 1] for an SDE.
+        scale, std: (K + 1,) non-negative signal scale and noise std at each point (float64).
+
+    The signal-to-noise ratio scale^2 / std^2 must increase strictly along the grid, checked as
+    scale_{i+1} std_i > scale_i std_{i+1} so that the ends are allowed: the first point may have
+    scale = 0 (zero terminal SNR, sigma = inf) and the last may have std = 0 (the clean sample,
+    (scale, std) = (1, 0) for the library's processes).
+    """
+
+    t: torch.Tensor
+    scale: torch.Tensor
+    std: torch.Tensor
+
+    def __post_init__(self):
+        t = self.t
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be a 1-D torch.Tensor, got {type(t).__name__}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must hold integer or real times, got dtype {t.dtype}")
+        if t.ndim != 1 or t.shape[0] < 2:
+            raise ValueError(
+                f"t must be 1-D with at least 2 points (one step), got {tuple(t.shape)}"
+            )
+        if t.is_floating_point():
+            check_float("t", t)
+        scale = check_float("scale", self.scale).to(torch.float64)
+        std = check_float("std", self.std).to(device=scale.device, dtype=torch.float64)
+        for name, value in (("scale", scale), ("std", std)):
+            if value.shape != t.shape:
+                raise ValueError(
+                    f"{name} must have the shape of t, {tuple(t.shape)}, got {tuple(value.shape)}"
+                )
+            if bool((value < 0).any()):
+                raise ValueError(f"{name} must be >= 0 at every grid point")
+        if bool((t[1:] >= t[:-1]).any()):
+            raise ValueError("t must be strictly decreasing: a grid runs from noisy to clean")
+        if not bool((scale[1:] * std[:-1] > scale[:-1] * std[1:]).all()):
+            raise ValueError(
+                "the grid's SNR scale^2 / std^2 must increase strictly from each point to the "
+                "next (only the first point may have scale = 0, only the last std = 0)"
+            )
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "std", std)
+
+    @property
+    def steps(self) -> int:
+        """Number K of steps (grid points minus one)."""
+        return self.t.shape[0] - 1
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """sigma = std / scale, the noise level of y = x / scale (inf at scale = 0)."""
+        return self.std / self.scale
+
+    @property
+    def log_snr(self) -> torch.Tensor:
+        """lambda = log(scale / std) (-inf at scale = 0, +inf at std = 0)."""
+        return self.scale.log() - self.std.log()
+
+
+def schedule_grid(schedule: Schedule, steps: int, spacing: str = "trailing") -> TimeGrid:
+    """A ``steps``-step grid of a discrete schedule: the times of
+    :func:`~diffusion_core.schedules.timestep_spacing`, then t = 0 (scale 1, std 0), the clean
+    sample that the last step lands on."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    steps = check_positive_int("steps", steps, maximum=schedule.T)
+    t = torch.cat([timestep_spacing(schedule.T, steps, spacing), torch.zeros(1, dtype=torch.int64)])
+    scale, std = schedule.marginal(t)
+    return TimeGrid(t, scale, std)
+
+
+def sde_grid(sde, steps: int, t_min: float = 1e-3, kind: str = "uniform", rho: float = 7.0):
+    """A ``steps``-step grid of a continuous-time process (a VPSDE or VESDE): ``steps`` noisy
+    times from 1 down to ``t_min``, then t = 0 (std 0), the clean sample.
+
+    - ``kind="uniform"``: the noisy times evenly spaced in t (Song et al. 2021).
+    - ``kind="karras"``: noise levels sigma = std / scale evenly spaced in sigma^(1 / rho) between
+      sigma(1) and sigma(t_min) (Karras et al. 2022, Eq. 5), mapped back to times exactly through
+      the inverse of sigma(t) (Table 1 of the same paper), so only VPSDE and VESDE qualify.
+    """
+    if not callable(getattr(sde, "marginal", None)):
+        raise TypeError(
+            f"sde must have a marginal(t) method (VPSDE, VESDE), got {type(sde).__name__}"
+        )
+    steps = check_positive_int("steps", steps)
+    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < 1:
+        raise ValueError(f"t_min must be a number in (0, 1), got {t_min!r}")
+    if kind == "uniform":
+        t = torch.linspace(1.0, t_min, steps, dtype=torch.float64)
+    elif kind == "karras":
+        t = _karras_times(sde, steps, float(t_min), rho)
+    else:
+        raise ValueError(f"kind must be one of {GRID_KINDS}, got {kind!r}")
+    t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+    scale, std = sde.marginal(t)
+    return TimeGrid(t, scale, std)
+
+
+def _karras_times(sde, steps: int, t_min: float, rho: float) -> torch.Tensor:
+    if not isinstance(sde, VPSDE | VESDE):
+        raise TypeError(
+            "kind='karras' needs a VPSDE or VESDE (whose sigma(t) is inverted exactly), "
+            f"got {type(sde).__name__}"
+        )
+    if steps == 1:
+        return torch.ones(1, dtype=torch.float64)
+    scale, std = sde.marginal(torch.tensor([1.0, t_min], dtype=torch.float64))
+    sigma_max, sigma_min = (std / scale).tolist()
+    sigma = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    if isinstance(sde, VESDE):
+        # std(t)^2 = sigma_min^2 ((sigma_max / sigma_min)^(2 t) - 1)
+        t = torch.log1p((sigma / sde.sigma_min) ** 2) / (
+            2 * math.log(sde.sigma_max / sde.sigma_min)
+        )
+    else:
+        # 1 + sigma^2 = 1 / alpha_bar(t) = exp(beta_min t + (beta_max - beta_min) t^2 / 2); the
+        # root of that quadratic, written without cancellation.
+        b0, b1, log_1p = sde.beta_min, sde.beta_max - sde.beta_min, torch.log1p(sigma**2)
+        t = 2 * log_1p / (b0 + (b0**2 + 2 * b1 * log_1p).sqrt())
+    t = t.clamp(t_min, 1.0)
+    t[0], t[-1] = 1.0, t_min  # exact ends, as karras_sigmas pins its own
+    return t
+
+
+def prior_sample(grid: TimeGrid, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The sampler's starting point x = std_0 * z, z ~ N(0, I) of the given shape (float64).
+
+    It approximates the marginal N(scale_0 x0, std_0^2 I) at the first grid point by dropping
+    the signal scale_0 x0, which is exact at zero terminal SNR and small otherwise (the DDPM
+    linear schedule keeps scale_T = 0.006). The device is the generator's, else the grid's.
+    """
+    if not isinstance(grid, TimeGrid):
+        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+    shape = _check_shape(shape)
+    generator = _check_generator(generator)
+    device = grid.std.device if generator is None else generator.device
+    z = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
+    return grid.std[0].to(device) * z
+
+
+# ------------------------------------------------------------------------- shared parts
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple | list | torch.Size) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
+    ):
+        raise ValueError(f"shape must be a tuple of positive ints, got {shape!r}")
+    if len(shape) < 1:
+        raise ValueError("shape must have at least one axis (the batch)")
+    return tuple(shape)
+
+
+def _check_generator(generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    return generator
+
+
+def _check_call(model, x, grid, generator, callback) -> torch.dtype:
+    """Validate the shared arguments; return the dtype the model sees and the result has."""
+    if not callable(model):
+        raise TypeError(
+            f"model must be callable as model(x, t) -> x0_hat, got {type(model).__name__}"
+        )
+    check_float("x", x)
+    if x.ndim < 1:
+        raise ValueError("x must have a batch axis, shape (n, ...), got shape ()")
+    if not isinstance(grid, TimeGrid):
+        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+    _check_generator(generator)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable as callback(i, x, x0_hat) or None")
+    return x.dtype
+
+
+def _check_real(name: str, value, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+    return float(value)
+
+
+def _check_finite_sigma(grid: TimeGrid, sampler: str) -> None:
+    if float(grid.scale[0]) == 0.0:
+        raise ValueError(
+            f"{sampler} needs a finite sigma_0 = std_0 / scale_0, but the grid starts at zero "
+            "SNR (scale_0 = 0): its first reverse-SDE step would remove noise of infinite "
+            "variance. Use ddpm, ddim, heun or dpm_solver_pp_2m, or drop the first grid point."
+        )
+
+
+def _denoise(model, x: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x0_hat = model(x, t) in float64, with x handed over in the caller's dtype."""
+    x0_hat = model(x.to(dtype), t)
+    if not isinstance(x0_hat, torch.Tensor) or x0_hat.shape != x.shape:
+        got = tuple(x0_hat.shape) if isinstance(x0_hat, torch.Tensor) else type(x0_hat).__name__
+        raise ValueError(f"model(x, t) must return a tensor of shape {tuple(x.shape)}, got {got}")
+    return x0_hat.to(torch.float64)
+
+
+def _noise(x: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+
+
+def _posterior(grid: TimeGrid) -> list[tuple[float, float, float]]:
+    """Per step (c_x0, c_xt, beta_tilde) of q(x_s | x_t, x0) = N(c_x0 x0 + c_xt x_t, beta_tilde).
+
+    In y = x / scale the forward process adds independent noise, y_t = y_s + (sigma_t^2 -
+    sigma_s^2)^(1/2) n, so y_s | y_t, x0 ~ N(x0 + r (y_t - x0), sigma_s^2 (1 - r)) with
+    r = sigma_s^2 / sigma_t^2. In x = scale y: c_xt = scale_s r / scale_t = std_s^2 scale_t /
+    (scale_s std_t^2), c_x0 = scale_s - c_xt scale_t, beta_tilde = std_s^2 (1 - r); finite at
+    scale_t = 0. For adjacent DDPM steps these are Ho et al. (2020), Eq. 6-7.
+    """
+    a, s = grid.scale.tolist(), grid.std.tolist()
+    coefficients = []
+    for i in range(grid.steps):
+        a_t, s_t, a_s, s_s = a[i], s[i], a[i + 1], s[i + 1]
+        c_xt = s_s**2 * a_t / (a_s * s_t**2)
+        r = (s_s * a_t / (a_s * s_t)) ** 2
+        coefficients.append((a_s - c_xt * a_t, c_xt, max(s_s**2 * (1.0 - r), 0.0)))
+    return coefficients
+
+
+# ------------------------------------------------------------------------------ samplers
+
+
+def ddpm(model, x, grid, generator=None, callback=None, variance="beta_tilde"):
+    """Ancestral sampling: x_s ~ q(x_s | x_t, x0 = x0_hat) at each step (Ho et al. 2020, Alg. 2).
+
+    The mean is the posterior mean of :func:`_posterior`; the variance is ``"beta_tilde"``, the
+    posterior's own std_s^2 (1 - r) (Ho et al.'s sigma_t^2 = beta_tilde_t), or ``"beta"``, the
+    larger variance std_t^2 - (scale_t std_s / scale_s)^2 of the forward step q(x_t | x_s),
+    which is 1 - scale_t^2 / scale_s^2 = beta_t for adjacent VP steps (sigma_t^2 = beta_t). Both
+    are the two extremes of Ho et al. (2020), Sec. 3.2. The last step onto std = 0 adds no noise.
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    a, s = grid.scale.tolist(), grid.std.tolist()
+    posterior = _posterior(grid)
+    noise_std = []
+    for i, (_, _, beta_tilde) in enumerate(posterior):
+        beta = s[i] ** 2 - (a[i] * s[i + 1] / a[i + 1]) ** 2
+        noise_std.append(
+            0.0 if s[i + 1] == 0 else math.sqrt(beta_tilde if variance == "beta_tilde" else beta)
+        )
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    for i, (c_x0, c_xt, _) in enumerate(posterior):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        x = c_x0 * x0_hat + c_xt * x
+        if noise_std[i] > 0:
+            x = x + noise_std[i] * _noise(x, generator)
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+def ddim(model, x, grid, generator=None, callback=None, eta=0.0):
+    """DDIM (Song, Meng & Ermon 2021, Eq. 12), in the library's notation:
+
+        x_s = scale_s x0_hat + (std_s^2 - sigma_eta^2)^(1/2) eps_hat + sigma_eta z,
+        eps_hat = (x_t - scale_t x0_hat) / std_t,
+
+    with sigma_eta = eta beta_tilde^(1/2) (their Eq. 16). ``eta = 0`` is deterministic (and equal
+    to :func:`euler`); ``eta = 1`` is :func:`ddpm` with the beta_tilde variance.
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    eta = _check_real("eta", eta, 0.0, 1.0)
+    a, s = grid.scale.tolist(), grid.std.tolist()
+    sigma_eta = [eta * math.sqrt(beta_tilde) for _, _, beta_tilde in _posterior(grid)]
+    c_eps = [math.sqrt(max(s[i + 1] ** 2 - sigma_eta[i] ** 2, 0.0)) for i in range(grid.steps)]
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    for i in range(grid.steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        eps_hat = (x - a[i] * x0_hat) / s[i]
+        x = a[i + 1] * x0_hat + c_eps[i] * eps_hat
+        if sigma_eta[i] > 0:
+            x = x + sigma_eta[i] * _noise(x, generator)
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+def _euler_coefficients(grid: TimeGrid) -> list[tuple[float, float]]:
+    """Per step (c_x, c_d) with x_next = c_x x + c_d D: Euler's step in sigma written in x.
+
+    With y = x / scale, d = (y - D) / sigma and y' = y + (sigma' - sigma) d = D + (sigma' / sigma)
+    (y - D), multiplying by scale' gives x' = (std' / std) x + (scale' - scale std' / std) D,
+    which is finite at sigma = inf.
+    """
+    a, s = grid.scale.tolist(), grid.std.tolist()
+    return [(s[i + 1] / s[i], a[i + 1] - a[i] * s[i + 1] / s[i]) for i in range(grid.steps)]
+
+
+def euler(model, x, grid, generator=None, callback=None):
+    """Euler's method on the probability-flow ODE dy/dsigma = (y - D(y, sigma)) / sigma, y = x /
+    scale (Karras et al. 2022, Eq. 4 and Alg. 1 without its second-order correction).
+
+    Identical to :func:`ddim` with eta = 0 (Karras et al. 2022, Sec. 3; Song et al. 2021a).
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    steps = _euler_coefficients(grid)
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    for i, (c_x, c_d) in enumerate(steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        x = c_x * x + c_d * x0_hat
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+def heun(model, x, grid, generator=None, callback=None):
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Alg. 1, no
+    churn): an Euler step to sigma', then the average of the slopes d_cur at sigma and d_prime
+    at sigma'. Two model calls per step, except where the step is Euler's: the last step onto
+    sigma' = 0 (Alg. 1, line 8) and a first step from sigma = inf (zero terminal SNR).
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    a, sigma = grid.scale.tolist(), grid.sigma.tolist()
+    steps = _euler_coefficients(grid)
+    second_order = [math.isfinite(sigma[i]) and sigma[i + 1] > 0 for i in range(grid.steps)]
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    for i, (c_x, c_d) in enumerate(steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        x_next = c_x * x + c_d * x0_hat
+        if second_order[i]:
+            y, y_next = x / a[i], x_next / a[i + 1]
+            d_cur = (y - x0_hat) / sigma[i]
+            d_prime = (y_next - _denoise(model, x_next, times[i + 1], dtype)) / sigma[i + 1]
+            x_next = a[i + 1] * (y + (sigma[i + 1] - sigma[i]) * (0.5 * d_cur + 0.5 * d_prime))
+        x = x_next
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+def _reverse_sde_step(y, x0_hat, sigma, sigma_next, generator):
+    """One Euler-Maruyama step of the reverse SDE in y = x / scale from sigma to sigma_next:
+    y' = y + (sigma^2 - sigma'^2) score + (sigma^2 - sigma'^2)^(1/2) z, score = (x0_hat - y) /
+    sigma^2; onto sigma' = 0 it returns x0_hat (the final-step policy)."""
+    if sigma_next == 0:
+        return x0_hat
+    variance = sigma**2 - sigma_next**2
+    score = (x0_hat - y) / sigma**2
+    return y + variance * score + math.sqrt(variance) * _noise(y, generator)
+
+
+def euler_maruyama(model, x, grid, generator=None, callback=None):
+    """Euler-Maruyama on the reverse-time SDE (Anderson 1982; Song et al. 2021, Eq. 6).
+
+    In y = x / scale the forward process is dy = (d sigma^2 / dt)^(1/2) dw for every schedule,
+    whose reversal is dy = -(d sigma^2 / dt) score dt + (d sigma^2 / dt)^(1/2) dw_bar; one step
+    from sigma to sigma' is Song et al.'s reverse-diffusion predictor (their Eq. 47). Needs a
+    finite sigma_0 (raises ``ValueError`` at zero terminal SNR).
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    _check_finite_sigma(grid, "euler_maruyama")
+    a, sigma = grid.scale.tolist(), grid.sigma.tolist()
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    for i in range(grid.steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator)
+        x = a[i + 1] * y
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+def predictor_corrector(model, x, grid, generator=None, callback=None, corrector_steps=1, snr=0.16):
+    """Reverse-diffusion predictor plus Langevin corrector (Song et al. 2021, Alg. 4 and 5).
+
+    After each predictor step (:func:`euler_maruyama`) to a noise level sigma' > 0, run
+    ``corrector_steps`` Langevin steps y <- y + e g + (2 e)^(1/2) z at sigma', with score
+    g = (D(x, t') - y) / sigma'^2 and step size e = 2 (snr |z| / |g|)^2, so that the ratio of
+    the drift to the noise in each step is the target ``snr``. The norms |z| and |g| are
+    root-mean-square over the batch (Song et al.'s code also averages them over the batch):
+    the per-sample norms of a low-dimensional vector do not concentrate, and a sample that sits
+    where the score is small would take a huge step. In y = x / scale this one rule serves VE
+    and VP alike (a Langevin step with this step size is unchanged by rescaling x; Alg. 5's
+    factor alpha_i ~ 1 is left out). Needs a finite sigma_0.
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
+    snr = _check_real("snr", snr, 0.0)
+    _check_finite_sigma(grid, "predictor_corrector")
+    a, sigma = grid.scale.tolist(), grid.sigma.tolist()
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    for i in range(grid.steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator)
+        for _ in range(corrector_steps if sigma[i + 1] > 0 else 0):
+            g = (_denoise(model, a[i + 1] * y, times[i + 1], dtype) - y) / sigma[i + 1] ** 2
+            z = _noise(y, generator)
+            e = 2 * (snr * _rms_norm(z) / _rms_norm(g)) ** 2
+            y = y + e * g + (2 * e).sqrt() * z
+        x = a[i + 1] * y
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+def _rms_norm(v: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over the batch of the Euclidean norm of each sample (a 0-d tensor)."""
+    return v.reshape(v.shape[0], -1).square().sum(dim=1).mean().sqrt()
+
+
+def dpm_solver_pp_2m(model, x, grid, generator=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): a multistep solver of the probability-flow
+    ODE in lambda = log(scale / std), with the data prediction D integrated exactly against the
+    linear part:
+
+        x_i = (std_i / std_{i-1}) x_{i-1} - scale_i (exp(-h_i) - 1) D_i,
+        D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2},
+
+    with h_i = lambda_i - lambda_{i-1} and r_i = h_{i-1} / h_i.
+
+    First order (D_i = x0_hat_{i-1}, which is DDIM) on the first step, after a step of infinite
+    h (from zero SNR) and on the last step onto std = 0.
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
+    h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
+    weight = [  # 1 / (2 r_i) on second-order steps, 0 on first-order ones
+        h[i] / (2 * h[i - 1]) if i > 0 and math.isfinite(h[i - 1]) and s[i + 1] > 0 else 0.0
+        for i in range(grid.steps)
+    ]
+    times, x, x0_prev = grid.t.unbind(), x.to(torch.float64), None
+    for i in range(grid.steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        d = x0_hat if weight[i] == 0 else (1 + weight[i]) * x0_hat - weight[i] * x0_prev
+        x = (s[i + 1] / s[i]) * x - a[i + 1] * math.expm1(-h[i]) * d
+        x0_prev = x0_hat
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return x.to(dtype)
+
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "euler_maruyama": euler_maruyama,
+    "predictor_corrector": predictor_corrector,
+    "dpm_solver_pp_2m": dpm_solver_pp_2m,
+}

@@ -1,0 +1,538 @@
+"""Tests for :mod:`diffusion_core.samplers`: grids, convergence, orders, equivalences, edge cases.
+
+Every sampler is driven by the exact denoiser of known data, so that what is measured is the
+sampler's own error:
+
+- On the 2-D Gaussian mixture, the sliced W2 distance to exact data samples must fall as the
+  step budget grows and end within 1.5 times its noise floor at the same sample size (the
+  distance between two exact samples). ODE samplers get 5, 10, 50 steps; the stochastic ones
+  10, 50, 250, because their error falls only like h (weak order 1), not h^2.
+- On Gaussian data every sampler is affine in x, so its output law is Gaussian and known
+  exactly: run it on x = 0 and the unit vectors to read off the map, push the exact marginal at
+  the first grid point through it, and compare with the exact marginal at the last point by
+  the Gaussian W2. The grid stops before the clean point, so the error is the ODE solver's
+  alone. On a VESDE a grid uniform in t is uniform in log sigma = -lambda, so every step has
+  the same size h in the variable that DPM-Solver++ integrates in and the slopes of log error
+  against log steps are clean from 16 steps on.
+"""
+
+import math
+
+import pytest
+import torch
+
+from diffusion_core.analytic import default_mixture_2d, gaussian
+from diffusion_core.forward import q_posterior
+from diffusion_core.metrics import gaussian_w2, sliced_wasserstein, sliced_wasserstein_floor
+from diffusion_core.parameterization import (
+    as_denoiser,
+    eps_from_x0,
+    exact_denoiser,
+    v_from_eps_x0,
+)
+from diffusion_core.samplers import (
+    SAMPLERS,
+    TimeGrid,
+    ddim,
+    ddpm,
+    dpm_solver_pp_2m,
+    euler,
+    euler_maruyama,
+    heun,
+    predictor_corrector,
+    prior_sample,
+    schedule_grid,
+    sde_grid,
+)
+from diffusion_core.schedules import (
+    VESDE,
+    VPSDE,
+    cosine_schedule,
+    karras_sigmas,
+    linear_schedule,
+    rescale_zero_terminal_snr,
+    scaled_linear_schedule,
+)
+
+torch.set_num_threads(1)
+F64 = torch.float64
+ODE_SAMPLERS = ["ddim", "euler", "heun", "dpm_solver_pp_2m"]
+SDE_SAMPLERS = ["ddpm", "euler_maruyama", "predictor_corrector"]
+ZERO_SNR_SAMPLERS = ["ddpm", "ddim", "euler", "heun", "dpm_solver_pp_2m"]
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def sample(name, model, grid, n=64, seed=0, dim=2, **options):
+    x = prior_sample(grid, (n, dim), gen(seed))
+    return SAMPLERS[name](model, x, grid, gen(seed + 1), **options)
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return default_mixture_2d()
+
+
+@pytest.fixture(scope="module")
+def ddpm_schedule():
+    return linear_schedule(1000)
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 50, 1000])
+def test_trailing_schedule_grid_runs_from_T_to_the_clean_sample(ddpm_schedule, steps):
+    grid = schedule_grid(ddpm_schedule, steps)
+    assert grid.steps == steps and grid.t.dtype == torch.int64
+    assert int(grid.t[0]) == 1000 and int(grid.t[-1]) == 0
+    assert (float(grid.scale[-1]), float(grid.std[-1])) == (1.0, 0.0)
+    scale, std = ddpm_schedule.marginal(grid.t)
+    torch.testing.assert_close(grid.scale, scale, rtol=0, atol=0)
+    torch.testing.assert_close(grid.std, std, rtol=0, atol=0)
+
+
+def test_time_grid_properties_at_zero_terminal_snr():
+    schedule = rescale_zero_terminal_snr(scaled_linear_schedule(1000))
+    grid = schedule_grid(schedule, 10, "leading")
+    assert int(grid.t[0]) == 901  # leading spacing never visits t = T
+    grid = schedule_grid(schedule, 10)
+    assert float(grid.sigma[0]) == math.inf and float(grid.log_snr[0]) == -math.inf
+    assert float(grid.sigma[-1]) == 0.0 and float(grid.log_snr[-1]) == math.inf
+    assert bool((grid.log_snr.diff() > 0).all())
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()])
+def test_sde_grids_uniform_and_karras(sde):
+    grid = sde_grid(sde, 8, t_min=0.01)
+    expected = torch.cat([torch.linspace(1, 0.01, 8, dtype=F64), torch.zeros(1, dtype=F64)])
+    torch.testing.assert_close(grid.t, expected, rtol=0, atol=0)
+    assert float(grid.std[-1]) == 0.0 and float(grid.scale[-1]) == 1.0
+
+    grid = sde_grid(sde, 8, t_min=0.01, kind="karras", rho=5.0)
+    sigma_max, sigma_min = grid.sigma[0].item(), grid.sigma[-2].item()
+    sigmas = karras_sigmas(8, sigma_min, sigma_max, rho=5.0)
+    torch.testing.assert_close(grid.sigma[:-1], sigmas, rtol=1e-10, atol=0)
+    assert grid.t[0].item() == 1.0 and grid.t[-2].item() == 0.01
+    assert sde_grid(sde, 1, kind="karras").t.tolist() == [1.0, 0.0]
+
+
+def test_prior_sample_scales_unit_noise_by_the_first_std():
+    grid = sde_grid(VESDE(), 4)
+    x = prior_sample(grid, (5, 3), gen(0))
+    z = torch.randn(5, 3, generator=gen(0), dtype=F64)
+    assert x.dtype == F64
+    torch.testing.assert_close(x, grid.std[0] * z, rtol=0, atol=0)
+    assert prior_sample(grid, 4).shape == (4,)
+
+
+def test_grid_arguments_are_checked(ddpm_schedule):
+    small = linear_schedule(50)
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\.50, got 0"):
+        schedule_grid(small, 0)
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\.50, got 51"):
+        schedule_grid(small, 51)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        schedule_grid(small, 2.0)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        schedule_grid(small, 5, "uniform")
+    with pytest.raises(TypeError, match="schedule must be a Schedule"):
+        schedule_grid(VPSDE(), 5)
+    with pytest.raises(ValueError, match="steps must be in 1"):
+        sde_grid(VPSDE(), 0)
+    with pytest.raises(ValueError, match=r"t_min must be a number in \(0, 1\)"):
+        sde_grid(VPSDE(), 5, t_min=0.0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        sde_grid(VPSDE(), 5, kind="cosine")
+    with pytest.raises(TypeError, match="kind='karras' needs a VPSDE or VESDE"):
+        sde_grid(ddpm_schedule, 5, kind="karras")
+    with pytest.raises(TypeError, match="sde must have a marginal"):
+        sde_grid("vp", 5)
+    with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
+        prior_sample(schedule_grid(small, 2), (0, 2))
+    with pytest.raises(TypeError, match="grid must be a TimeGrid"):
+        prior_sample(small, (2, 2))
+
+
+def test_time_grid_rejects_bad_grids():
+    t, scale, std = (
+        torch.tensor([3, 2, 0]),
+        torch.tensor([0.6, 0.8, 1.0]),
+        torch.tensor([0.8, 0.6, 0.0]),
+    )
+    TimeGrid(t, scale, std)
+    with pytest.raises(ValueError, match="t must be strictly decreasing"):
+        TimeGrid(torch.tensor([3, 3, 0]), scale, std)
+    with pytest.raises(ValueError, match="t must be strictly decreasing"):
+        TimeGrid(torch.tensor([0, 2, 3]), scale, std)
+    with pytest.raises(ValueError, match="SNR scale\\^2 / std\\^2 must increase strictly"):
+        TimeGrid(t, scale.flip(0), std.flip(0))
+    with pytest.raises(ValueError, match="SNR"):
+        TimeGrid(t, torch.tensor([0.6, 0.6, 1.0]), torch.tensor([0.8, 0.8, 0.0]))
+    with pytest.raises(ValueError, match="SNR"):  # zero SNR is allowed only at the start
+        TimeGrid(t, torch.tensor([0.6, 0.0, 1.0]), torch.tensor([0.8, 1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"std must have the shape of t, \(3,\)"):
+        TimeGrid(t, scale, std[:2])
+    with pytest.raises(ValueError, match="at least 2 points"):
+        TimeGrid(t[:1], scale[:1], std[:1])
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        TimeGrid(t, -scale, std)
+    with pytest.raises(ValueError, match="std must be finite"):
+        TimeGrid(t, scale, torch.tensor([math.nan, 0.6, 0.0]))
+    with pytest.raises(TypeError, match="t must be a 1-D torch.Tensor"):
+        TimeGrid([3, 2, 0], scale, std)
+    with pytest.raises(TypeError, match="scale must be a floating-point tensor"):
+        TimeGrid(t, torch.tensor([0, 1, 1]), std)
+
+
+# ------------------------------------------------------------------ sliced W2 on a mixture
+
+
+BUDGETS = {
+    "ddim": [5, 10, 50],
+    "euler": [5, 10, 50],
+    "heun": [5, 10, 50],
+    "dpm_solver_pp_2m": [5, 10, 50],
+    "ddpm": [10, 50, 250],
+    "euler_maruyama": [10, 50, 250],
+    "predictor_corrector": [10, 50, 250],
+}
+N_SW = 2000
+
+
+@pytest.fixture(scope="module")
+def sw_floor(mixture):
+    return sliced_wasserstein_floor(mixture.sample, N_SW).item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BUDGETS))
+def test_sliced_w2_falls_with_steps_down_to_the_noise_floor(name, mixture, ddpm_schedule, sw_floor):
+    model = exact_denoiser(mixture, ddpm_schedule)
+    data = mixture.sample(N_SW, gen(100))
+    distances = []
+    for steps in BUDGETS[name]:
+        grid = schedule_grid(ddpm_schedule, steps)
+        out = sample(name, model, grid, n=N_SW, seed=1)
+        distances.append(sliced_wasserstein(out, data).item())
+    band = 1.5 * sw_floor
+    report = f"{name}: SW2 {distances} at steps {BUDGETS[name]}, floor {sw_floor:.4f}"
+    assert distances[-1] <= band, report
+    assert distances[0] > band, report  # the smallest budget is visibly worse than exact
+    for coarse, fine in zip(distances, distances[1:], strict=False):
+        # Falls, until both are within the floor's band, where sampling noise decides.
+        assert fine < coarse or max(coarse, fine) <= band, report
+
+
+# ---------------------------------------------------------------- orders on Gaussian data
+
+
+GAUSS_MEAN = torch.tensor([1.0, -0.5], dtype=F64)
+GAUSS_COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64)
+
+
+def gaussian_error(name, sde, steps):
+    """Exact W2 between the sampler's output law and the exact marginal at the grid's end."""
+    full = sde_grid(sde, steps)
+    grid = TimeGrid(full.t[:-1], full.scale[:-1], full.std[:-1])  # stop before the clean point
+    model = exact_denoiser(gaussian(GAUSS_MEAN, GAUSS_COV), sde)
+    basis = torch.cat([torch.zeros(1, 2, dtype=F64), torch.eye(2, dtype=F64)])
+    out = SAMPLERS[name](model, basis, grid)
+    offset, matrix = out[0], (out[1:] - out[0]).T  # the affine map x -> matrix x + offset
+    eye = torch.eye(2, dtype=F64)
+
+    def marginal(i):
+        scale, std = grid.scale[i], grid.std[i]
+        return scale * GAUSS_MEAN, scale**2 * GAUSS_COV + std**2 * eye
+
+    mean0, cov0 = marginal(0)
+    mean, cov = marginal(-1)
+    return gaussian_w2(matrix @ mean0 + offset, matrix @ cov0 @ matrix.T, mean, cov).item()
+
+
+@pytest.mark.parametrize("name, order", [("euler", 1), ("heun", 2), ("dpm_solver_pp_2m", 2)])
+def test_convergence_order_on_gaussian_data(name, order):
+    steps = torch.tensor([16, 32, 64, 128], dtype=F64)
+    errors = torch.tensor([gaussian_error(name, VESDE(), int(k)) for k in steps], dtype=F64)
+    x, y = steps.log(), errors.log()
+    slope = -((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert abs(slope.item() - order) <= 0.3, f"{name}: errors {errors.tolist()}, order {slope}"
+
+
+def test_ode_samplers_are_exact_with_one_step_on_a_point_mass():
+    # With a data distribution that is a single point, D(x, t) = x0 everywhere and the ODE
+    # solution is a straight line in sigma: every first-order step is exact.
+    x0 = torch.tensor([[0.3, -1.2]], dtype=F64)
+    grid = sde_grid(VPSDE(), 6)
+    x = prior_sample(grid, (1, 2), gen(0))
+    y = x / grid.scale[0]
+    expected = grid.scale[3] * (x0 + grid.sigma[3] / grid.sigma[0] * (y - x0))
+    partial = TimeGrid(grid.t[:4], grid.scale[:4], grid.std[:4])
+    for name in ODE_SAMPLERS:
+        out = SAMPLERS[name](lambda x, t: x0.expand_as(x), x, partial)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12, msg=name)
+
+
+# ------------------------------------------------------------------------ equivalences
+
+
+@pytest.fixture(scope="module")
+def exact_model(mixture, ddpm_schedule):
+    return exact_denoiser(mixture, ddpm_schedule)
+
+
+def test_ddim_eta_zero_equals_the_first_order_dpm_solver_step(exact_model, ddpm_schedule):
+    t = torch.tensor([800, 500])
+    grid = TimeGrid(t, *ddpm_schedule.marginal(t))
+    x = prior_sample(grid, (32, 2), gen(0))
+    torch.testing.assert_close(
+        ddim(exact_model, x, grid), dpm_solver_pp_2m(exact_model, x, grid), rtol=0, atol=1e-12
+    )
+    # ... and the first step of a longer grid, seen through the callback.
+    grid = schedule_grid(ddpm_schedule, 10)
+    first = {}
+    for name in ("ddim", "dpm_solver_pp_2m"):
+        SAMPLERS[name](
+            exact_model, x, grid, callback=lambda i, x, _, n=name: first.setdefault(n, x)
+        )
+    torch.testing.assert_close(first["ddim"], first["dpm_solver_pp_2m"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_euler_equals_ddim_with_eta_zero(exact_model, ddpm_schedule, spacing):
+    grid = schedule_grid(ddpm_schedule, 20, spacing)
+    x = prior_sample(grid, (32, 2), gen(1))
+    torch.testing.assert_close(
+        euler(exact_model, x, grid), ddim(exact_model, x, grid, eta=0.0), rtol=0, atol=1e-12
+    )
+
+
+def test_ddim_eta_one_equals_ddpm_beta_tilde(exact_model, ddpm_schedule):
+    grid = schedule_grid(ddpm_schedule, 20)
+    x = prior_sample(grid, (32, 2), gen(2))
+    torch.testing.assert_close(
+        ddim(exact_model, x, grid, gen(3), eta=1.0),
+        ddpm(exact_model, x, grid, gen(3), variance="beta_tilde"),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("t", [1, 2, 10, 500, 1000])
+def test_ddpm_single_step_is_the_forward_posterior(ddpm_schedule, t):
+    x0 = torch.randn(16, 2, generator=gen(4), dtype=F64)
+    x_t = torch.randn(16, 2, generator=gen(5), dtype=F64)
+    times = torch.tensor([t, t - 1])
+    grid = TimeGrid(times, *ddpm_schedule.marginal(times))
+    mean, variance = q_posterior(ddpm_schedule, x0, x_t, t)
+    z = torch.randn(16, 2, generator=gen(6), dtype=F64) if t > 1 else torch.zeros(16, 2, dtype=F64)
+    out = ddpm(lambda x, t: x0, x_t, grid, gen(6))
+    torch.testing.assert_close(out, mean + variance.sqrt() * z, rtol=0, atol=1e-12)
+    # variance="beta": Ho et al.'s sigma_t^2 = beta_t, except on the last step onto t = 0.
+    beta = ddpm_schedule.betas[t - 1] if t > 1 else torch.zeros((), dtype=F64)
+    out = ddpm(lambda x, t: x0, x_t, grid, gen(6), variance="beta")
+    torch.testing.assert_close(out, mean + beta.sqrt() * z, rtol=0, atol=1e-12)
+
+
+# -------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_one_step_returns_the_denoiser_output(name, exact_model, ddpm_schedule):
+    grid = schedule_grid(ddpm_schedule, 1)
+    x = prior_sample(grid, (16, 2), gen(8))
+    expected = exact_model(x, torch.tensor(1000))
+    torch.testing.assert_close(SAMPLERS[name](exact_model, x, grid, gen(9)), expected)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_all_T_steps_of_a_small_schedule(name, mixture):
+    schedule = cosine_schedule(50)
+    calls = []
+    out = sample(
+        name,
+        exact_denoiser(mixture, schedule),
+        schedule_grid(schedule, 50),
+        n=8,
+        callback=lambda i, x, x0_hat: calls.append(i),
+    )
+    assert schedule_grid(schedule, 50).t.tolist() == list(range(50, -1, -1))
+    assert calls == list(range(50))
+    assert out.shape == (8, 2) and bool(torch.isfinite(out).all())
+
+
+def v_model_at_zero_snr(mixture, schedule):
+    """A v-predicting network built from the exact denoiser, wrapped by as_denoiser."""
+
+    def v_net(x, t):
+        scale, std = schedule.marginal(t)
+        x0 = mixture.x0_pred(x, scale, std)
+        return v_from_eps_x0(eps_from_x0(x, x0, scale, std), x0, scale, std)
+
+    return as_denoiser(v_net, schedule, "v")
+
+
+@pytest.mark.parametrize("name", ZERO_SNR_SAMPLERS)
+def test_zero_terminal_snr_with_v_prediction_stays_finite(name, mixture):
+    schedule = rescale_zero_terminal_snr(scaled_linear_schedule(1000))
+    grid = schedule_grid(schedule, 25)
+    assert float(grid.scale[0]) == 0.0
+    model = v_model_at_zero_snr(mixture, schedule)
+    trajectory = []
+    out = sample(name, model, grid, n=256, callback=lambda i, x, x0: trajectory.append(x))
+    assert all(bool(torch.isfinite(x).all()) for x in trajectory)
+    # The first x0_hat is the data mean, yet the samples find the modes and their weights.
+    floor = sliced_wasserstein_floor(mixture.sample, 256).item()
+    assert sliced_wasserstein(out, mixture.sample(256, gen(11))).item() < 2 * floor
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "predictor_corrector"])
+def test_reverse_sde_samplers_refuse_zero_terminal_snr(name, mixture):
+    schedule = rescale_zero_terminal_snr(scaled_linear_schedule(100))
+    model = v_model_at_zero_snr(mixture, schedule)
+    with pytest.raises(ValueError, match="finite sigma_0"):
+        sample(name, model, schedule_grid(schedule, 10))
+
+
+def test_eps_prediction_at_zero_terminal_snr_raises_on_the_first_call(mixture):
+    schedule = rescale_zero_terminal_snr(scaled_linear_schedule(100))
+
+    def eps_net(x, t):
+        return mixture.eps_pred(x, *schedule.marginal(t))
+
+    model = as_denoiser(eps_net, schedule, "eps")
+    with pytest.raises(ValueError, match="zero SNR"):
+        sample("ddim", model, schedule_grid(schedule, 10))
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_float32_input_gives_float32_output_with_float64_arithmetic(
+    name, exact_model, ddpm_schedule
+):
+    grid = schedule_grid(ddpm_schedule, 8)
+    x = prior_sample(grid, (16, 2), gen(12))
+    seen = set()
+
+    def model(x, t):
+        seen.add(x.dtype)
+        return exact_model(x.double(), t).float()
+
+    states = []
+    out = SAMPLERS[name](model, x.float(), grid, gen(13), callback=lambda i, x, _: states.append(x))
+    assert out.dtype == torch.float32 and seen == {torch.float32}
+    assert {s.dtype for s in states} == {F64}
+    reference = SAMPLERS[name](exact_model, x, grid, gen(13))
+    torch.testing.assert_close(out, reference.float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_images_shaped_batches_work(name, ddpm_schedule):
+    grid = schedule_grid(ddpm_schedule, 4)
+    x = prior_sample(grid, (3, 1, 4, 4), gen(14))
+    out = SAMPLERS[name](lambda x, t: 0.5 * x, x, grid, gen(15))
+    assert out.shape == (3, 1, 4, 4) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_sampler_arguments_are_checked(name, ddpm_schedule):
+    grid = schedule_grid(ddpm_schedule, 4)
+    x = prior_sample(grid, (4, 2), gen(16))
+    sampler = SAMPLERS[name]
+
+    def identity(x, t):
+        return x
+
+    with pytest.raises(TypeError, match="model must be callable"):
+        sampler("model", x, grid)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        sampler(identity, x.tolist(), grid)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        sampler(identity, x.long(), grid)
+    with pytest.raises(ValueError, match="x must be finite"):
+        sampler(identity, x * math.inf, grid)
+    with pytest.raises(TypeError, match="grid must be a TimeGrid"):
+        sampler(identity, x, ddpm_schedule)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        sampler(identity, x, grid, 0)
+    with pytest.raises(TypeError, match="callback must be callable"):
+        sampler(identity, x, grid, None, "print")
+    with pytest.raises(ValueError, match=r"model\(x, t\) must return a tensor of shape \(4, 2\)"):
+        sampler(lambda x, t: x[:, :1], x, grid)
+
+
+def test_sampler_options_are_checked(exact_model, ddpm_schedule):
+    grid = schedule_grid(ddpm_schedule, 4)
+    x = prior_sample(grid, (4, 2), gen(17))
+    with pytest.raises(ValueError, match="variance must be one of"):
+        ddpm(exact_model, x, grid, variance="fixed_large")
+    with pytest.raises(ValueError, match=r"eta must lie in \[0.0, 1.0\]"):
+        ddim(exact_model, x, grid, eta=1.5)
+    with pytest.raises(TypeError, match="eta must be a number"):
+        ddim(exact_model, x, grid, eta="1")
+    with pytest.raises(ValueError, match="corrector_steps must be in 0"):
+        predictor_corrector(exact_model, x, grid, corrector_steps=-1)
+    with pytest.raises(ValueError, match="snr must lie in"):
+        predictor_corrector(exact_model, x, grid, snr=-0.1)
+
+
+# ------------------------------------------------------------- no host synchronisation
+
+
+class SyncCounter:
+    """Counts host reads of tensor values while armed; the model's own reads do not count."""
+
+    METHODS = ("item", "tolist", "cpu", "__bool__", "__float__")
+
+    def __init__(self, monkeypatch):
+        self.armed, self.calls = False, []
+        for method in self.METHODS:
+            original = getattr(torch.Tensor, method)
+            monkeypatch.setattr(torch.Tensor, method, self._counting(method, original))
+
+    def _counting(self, method, original):
+        def wrapper(tensor, *args, **kwargs):
+            if self.armed:
+                self.calls.append(method)
+            return original(tensor, *args, **kwargs)
+
+        return wrapper
+
+    def wrap(self, model):
+        """Arm at the first model call (the loop has begun) and pause during every call."""
+
+        def counted(x, t):
+            self.armed = False
+            try:
+                return model(x, t)
+            finally:
+                self.armed = True
+
+        return counted
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_no_host_synchronisation_inside_the_loop(name, exact_model, ddpm_schedule, monkeypatch):
+    grid = schedule_grid(ddpm_schedule, 6)
+    x = prior_sample(grid, (16, 2), gen(18))
+    counter = SyncCounter(monkeypatch)
+    SAMPLERS[name](counter.wrap(exact_model), x, grid, gen(19), callback=None)
+    counter.armed = False
+    assert counter.calls == [], f"{name} read tensor values on the host: {counter.calls}"
+    # The counter does see a read when one happens.
+    counter.armed = True
+    bool(torch.ones(()))
+    counter.armed = False
+    assert counter.calls == ["__bool__"]
+
+
+def test_euler_maruyama_and_predictor_corrector_are_reproducible(exact_model, ddpm_schedule):
+    grid = schedule_grid(ddpm_schedule, 5)
+    x = prior_sample(grid, (8, 2), gen(20))
+    for sampler in (euler_maruyama, predictor_corrector, ddpm, heun):
+        first, second = (
+            sampler(exact_model, x, grid, gen(21)),
+            sampler(exact_model, x, grid, gen(21)),
+        )
+        torch.testing.assert_close(first, second, rtol=0, atol=0)

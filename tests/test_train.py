@@ -1,0 +1,213 @@
+"""Tests for :mod:`diffusion_core.train`: reproducibility, resuming, checkpoints, the config.
+
+Runs are tiny (a 16-unit MLP, tens of steps) so that bitwise comparisons stay cheap; equality is
+exact (``==`` on the loss lists, ``torch.equal`` on the weights), not a tolerance.
+"""
+
+import os
+
+import pytest
+import torch
+
+import diffusion_core.train as train_module
+from diffusion_core.analytic import default_mixture_2d
+from diffusion_core.nets import MLPDenoiser
+from diffusion_core.schedules import linear_schedule
+from diffusion_core.train import (
+    TrainConfig,
+    ema_decay_at,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return default_mixture_2d().sample(512, torch.Generator().manual_seed(0)).float()
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return linear_schedule(100)
+
+
+def tiny_net(seed=0):
+    torch.manual_seed(seed)
+    return MLPDenoiser(hidden=16, depth=1, time_dim=8)
+
+
+def tiny_config(**changes):
+    settings = {"steps": 30, "batch_size": 32, "lr": 3e-3, "ema_decay": 0.9, "seed": 1}
+    return TrainConfig(**(settings | changes))
+
+
+def assert_same_weights(first, second):
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_same_seed_gives_the_same_loss_curve(data, schedule):
+    net_a, net_b = tiny_net(), tiny_net()
+    run_a = train(net_a, data, schedule, tiny_config(), progress=False)
+    run_b = train(net_b, data, schedule, tiny_config(), progress=False)
+    assert len(run_a.losses) == 30 and run_a.step == 30
+    assert all(isinstance(loss, float) for loss in run_a.losses)
+    assert run_a.losses == run_b.losses
+    assert_same_weights(net_a, net_b)
+    assert_same_weights(run_a.ema, run_b.ema)
+
+
+def test_different_seed_gives_a_different_curve(data, schedule):
+    run_a = train(tiny_net(), data, schedule, tiny_config(steps=5), progress=False)
+    run_b = train(tiny_net(), data, schedule, tiny_config(steps=5, seed=2), progress=False)
+    assert run_a.losses != run_b.losses
+
+
+def test_resumed_run_equals_the_uninterrupted_run(data, schedule, tmp_path):
+    settings = {"prediction": "v", "weighting": "min_snr", "grad_clip": 0.5, "weight_decay": 0.01}
+    straight_net = tiny_net()
+    straight = train(straight_net, data, schedule, tiny_config(steps=40, **settings), False)
+
+    path = tmp_path / "run.pt"
+    first = tiny_config(steps=20, checkpoint_path=path, **settings)
+    train(tiny_net(), data, schedule, first, progress=False)
+    resumed_net = tiny_net(seed=99)  # its initial weights are replaced by the checkpoint's
+    second = tiny_config(steps=40, checkpoint_path=tmp_path / "resumed.pt", **settings)
+    resumed = train(resumed_net, data, schedule, second, progress=False, resume_from=path)
+
+    assert resumed.step == 40
+    assert resumed.losses == straight.losses
+    assert_same_weights(resumed_net, straight_net)
+    assert_same_weights(resumed.ema, straight.ema)
+    assert load_checkpoint(tmp_path / "resumed.pt")["step"] == 40
+
+
+def test_resume_rejects_changed_settings(data, schedule, tmp_path):
+    path = tmp_path / "run.pt"
+    train(tiny_net(), data, schedule, tiny_config(steps=5, checkpoint_path=path), progress=False)
+    with pytest.raises(ValueError, match="lr=0.003, but config has lr=0.001"):
+        train(tiny_net(), data, schedule, tiny_config(lr=1e-3), False, resume_from=path)
+    with pytest.raises(ValueError, match="past config.steps"):
+        train(tiny_net(), data, schedule, tiny_config(steps=3), False, resume_from=path)
+
+
+def test_checkpoints_are_written_every_n_steps_and_at_the_end(
+    data, schedule, tmp_path, monkeypatch
+):
+    written = []
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda p, s: written.append(s["step"]))
+    config = tiny_config(steps=25, checkpoint_every=10, checkpoint_path=tmp_path / "c.pt")
+    train(tiny_net(), data, schedule, config, progress=False)
+    assert written == [10, 20, 25]
+
+
+def test_checkpoint_loads_with_weights_only(data, schedule, tmp_path):
+    path = tmp_path / "run.pt"
+    run = train(tiny_net(), data, schedule, tiny_config(checkpoint_path=path), progress=False)
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 30 and state["losses"] == run.losses
+    assert set(state) >= {"net", "ema", "optimizer", "generators", "step", "losses"}
+    for generator_state in state["generators"].values():
+        assert generator_state.dtype == torch.uint8
+    assert_same_weights(run.ema, _with_state(tiny_net(), state["ema"]))
+
+
+def _with_state(net, state_dict):
+    net.load_state_dict(state_dict)
+    return net
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "state.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.arange(4.0)})
+    assert os.listdir(tmp_path) == ["state.pt"]  # no temporary file left behind
+
+    def failing_save(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "weights": torch.zeros(4)})
+    monkeypatch.undo()
+
+    assert os.listdir(tmp_path) == ["state.pt"]
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.arange(4.0))
+
+
+def test_loss_decreases_on_a_2d_mixture(schedule):
+    data = default_mixture_2d().sample(4096, torch.Generator().manual_seed(1)).float()
+    torch.manual_seed(0)
+    net = MLPDenoiser(hidden=32, depth=2, time_dim=16)
+    config = TrainConfig(steps=300, batch_size=128, lr=3e-3)
+    losses = train(net, data, linear_schedule(1000), config, progress=False).losses
+    first, last = sum(losses[:50]) / 50, sum(losses[-50:]) / 50
+    assert last < 0.8 * first
+
+
+def test_ema_follows_the_net_without_decay_and_warms_up(data, schedule):
+    net = tiny_net()
+    run = train(net, data, schedule, tiny_config(steps=5, ema_decay=0.0), progress=False)
+    assert_same_weights(run.ema, net)
+    assert run.ema is not net
+    assert not any(p.requires_grad for p in run.ema.parameters())
+    assert ema_decay_at(0.999, 1) == 2 / 11
+    assert ema_decay_at(0.999, 8) == 0.5
+    assert ema_decay_at(0.999, 10**6) == 0.999
+
+
+def test_nothing_is_printed_unless_asked(data, schedule, capfd, monkeypatch):
+    train(tiny_net(), data, schedule, tiny_config(steps=3), progress=False)
+    monkeypatch.setenv("DIFFUSION_PROGRESS", "0")
+    train(tiny_net(), data, schedule, tiny_config(steps=3))
+    assert capfd.readouterr() == ("", "")
+    train(tiny_net(), data, schedule, tiny_config(steps=3), progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and "3/3" in err
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"steps": 0}, ValueError, "steps must be in 1"),
+        ({"steps": 2.5}, TypeError, "steps must be an int"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"lr": 0.0}, ValueError, r"lr must be a finite number in \(0, inf\)"),
+        ({"lr": -1e-3}, ValueError, "lr"),
+        ({"lr": "1e-3"}, TypeError, "lr must be a number"),
+        ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be a finite number in \[0, 1\)"),
+        ({"ema_decay": -0.5}, ValueError, "ema_decay"),
+        ({"grad_clip": 0.0}, ValueError, "grad_clip"),
+        ({"prediction": "score"}, ValueError, "prediction must be one of"),
+        ({"weighting": "p2"}, ValueError, "weighting must be one of"),
+        ({"min_snr_gamma": 0}, ValueError, "min_snr_gamma"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"log_every": 0}, ValueError, "log_every"),
+        ({"checkpoint_every": 5}, ValueError, "checkpoint_path"),
+        ({"checkpoint_path": 3}, TypeError, "checkpoint_path"),
+    ],
+)
+def test_bad_config_values_raise(changes, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**changes)
+
+
+def test_bad_train_arguments_raise(data, schedule):
+    net, config = tiny_net(), tiny_config(steps=1)
+    with pytest.raises(TypeError, match="net must be"):
+        train(lambda x, t: x, data, schedule, config)
+    with pytest.raises(TypeError, match="data must be a floating-point"):
+        train(net, data.long(), schedule, config)
+    with pytest.raises(ValueError, match="data must have shape"):
+        train(net, data[:, 0], schedule, config)
+    with pytest.raises(TypeError, match="schedule must be"):
+        train(net, data, None, config)
+    with pytest.raises(TypeError, match="config must be"):
+        train(net, data, schedule, {"steps": 1})
+    with pytest.raises(TypeError, match="progress must be"):
+        train(net, data, schedule, config, progress="yes")
+    with pytest.raises(ValueError, match="device"):
+        train(net, data, schedule, config, progress=False, device="tpu")
