@@ -1,8 +1,19 @@
 """diffusion_core: the library behind the executable textbook on diffusion models.
 
-Modules, in the order data flows through them: :mod:`~diffusion_core.schedules`,
-:mod:`~diffusion_core.forward`, :mod:`~diffusion_core.analytic`, :mod:`~diffusion_core.metrics`,
-:mod:`~diffusion_core.device`.
+Modules, in the order data flows through them:
+
+- :mod:`~diffusion_core.schedules`: noise schedules, continuous VP/VE processes, conversions,
+  timestep spacings;
+- :mod:`~diffusion_core.forward`: the forward process in closed form and step by step (and the
+  source article's scheme, for study);
+- :mod:`~diffusion_core.analytic`: exact Gaussian and Gaussian-mixture reference models;
+- :mod:`~diffusion_core.parameterization`: eps-, x0-, v- and score-prediction, denoisers;
+- :mod:`~diffusion_core.nets`, :mod:`~diffusion_core.losses`, :mod:`~diffusion_core.train`:
+  networks, training objectives and a reproducible training loop;
+- :mod:`~diffusion_core.samplers`: samplers with one shared signature over an explicit time grid;
+- :mod:`~diffusion_core.metrics`: distances between distributions;
+- :mod:`~diffusion_core.device`: seeding and device choice;
+- :mod:`~diffusion_core.plotting`: the book's figure helpers (needs matplotlib).
 """
 
 __version__ = "0.1.0"

@@ -158,7 +158,11 @@ def per_sample_loss(
     scale, std = schedule.marginal(t)
     prediction_value = net(x_t, t)
     if not isinstance(prediction_value, torch.Tensor) or prediction_value.shape != x0.shape:
-        got = getattr(prediction_value, "shape", type(prediction_value).__name__)
+        got = (
+            tuple(prediction_value.shape)
+            if isinstance(prediction_value, torch.Tensor)
+            else type(prediction_value).__name__
+        )
         raise ValueError(f"net must return a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
     wanted = target(x0, noise, scale, std, prediction).to(prediction_value.dtype)
     squared_error = (prediction_value - wanted).square().flatten(1).mean(1)

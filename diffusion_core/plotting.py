@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import HTML
+from matplotlib.animation import FuncAnimation
 
 BOOK_STYLE = {
     "figure.figsize": (7.0, 3.6),
@@ -71,3 +73,130 @@ def density_panel(ax, log_prob, limit: float, resolution: int = 160, levels: int
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
     return ax
+
+
+# Animations embed every frame as a PNG in the notebook, so they are kept short and small.
+MAX_FRAMES = 60
+ANIMATION_DPI = 72
+
+
+def _as_frames(frames) -> torch.Tensor:
+    frames = torch.as_tensor(frames).detach().cpu().to(torch.float64)
+    n_frames = frames.shape[0] if frames.ndim else 0
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise ValueError(
+            f"an animation takes 1 to {MAX_FRAMES} frames, got {n_frames}"
+            " (subsample a long trajectory, e.g. frames[::4])"
+        )
+    return frames
+
+
+def _check_titles(titles, n_frames: int):
+    if titles is not None and len(titles) != n_frames:
+        raise ValueError(f"titles must give one title per frame ({n_frames}), got {len(titles)}")
+
+
+def _to_jshtml(fig, update, n_frames: int, interval: int) -> HTML:
+    animation = FuncAnimation(fig, update, frames=n_frames, interval=interval, blit=False)
+    html = animation.to_jshtml(default_mode="loop")
+    plt.close(fig)  # the animation replaces the figure: do not show a static copy as well
+    return HTML(html)
+
+
+def animate_points(
+    frames,
+    titles=None,
+    background=None,
+    interval: int = 80,
+    limit: float | None = None,
+    size: float = 4.0,
+    point_size: float = 4.0,
+    color: str = "C3",
+) -> HTML:
+    """Animate a cloud of 2-D points, e.g. samples moving along a sampler's time grid.
+
+    ``frames`` has shape (n_frames, n_points, 2), with at most ``MAX_FRAMES`` frames.
+    ``background(ax)``, if given, draws a static backdrop once (for example
+    ``lambda ax: density_panel(ax, model.log_prob, limit)``). The view is the square
+    [-limit, limit]^2, by default just large enough for every frame.
+
+    Returns an ``IPython.display.HTML`` holding ``FuncAnimation.to_jshtml()``: the frames are
+    embedded as PNG images with a small JavaScript player, so the animation plays in the
+    rendered book without a kernel. Its HTML element ids are random and change on every run,
+    so a notebook cell that shows it needs the tag ``nbval-ignore-output``.
+    """
+    frames = _as_frames(frames)
+    if frames.ndim != 3 or frames.shape[-1] != 2:
+        raise ValueError(
+            f"frames must have shape (n_frames, n_points, 2), got {tuple(frames.shape)}"
+        )
+    _check_titles(titles, frames.shape[0])
+    if limit is None:
+        limit = 1.05 * float(frames.abs().max()) or 1.0
+
+    fig, ax = plt.subplots(figsize=(size, size), dpi=ANIMATION_DPI)
+    if background is not None:
+        background(ax)
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    scatter = ax.scatter(frames[0, :, 0], frames[0, :, 1], s=point_size, color=color)
+    fig.tight_layout()
+
+    def update(i):
+        scatter.set_offsets(frames[i].numpy())
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=10)
+        return (scatter,)
+
+    return _to_jshtml(fig, update, frames.shape[0], interval)
+
+
+def animate_images(
+    frames,
+    titles=None,
+    interval: int = 120,
+    cmap: str = "gray_r",
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    size: float = 3.0,
+) -> HTML:
+    """Animate a sequence of images, e.g. one sample being denoised step by step.
+
+    ``frames`` has shape (n_frames, H, W) for grey images or (n_frames, C, H, W) with C = 1 or
+    3 (PyTorch's channel-first layout), with at most ``MAX_FRAMES`` frames. Pixel values are
+    drawn on the fixed range [vmin, vmax], as in ``image_grid``, so that noise looks like noise
+    in every frame.
+
+    Returns an ``IPython.display.HTML`` that plays without a kernel; as for
+    ``animate_points``, its HTML ids change on every run, so the notebook cell that shows it
+    needs the tag ``nbval-ignore-output``.
+    """
+    frames = _as_frames(frames)
+    if frames.ndim == 4 and frames.shape[1] == 1:
+        frames = frames[:, 0]
+    if frames.ndim == 4 and frames.shape[1] == 3:
+        # Colour: map [vmin, vmax] to [0, 1] and put the channels last for imshow.
+        frames = ((frames - vmin) / (vmax - vmin)).clamp(0, 1).permute(0, 2, 3, 1)
+        style = {}
+    elif frames.ndim == 3:
+        style = {"cmap": cmap, "vmin": vmin, "vmax": vmax}
+    else:
+        raise ValueError(
+            "frames must have shape (n_frames, H, W) or (n_frames, C, H, W) with C = 1 or 3,"
+            f" got {tuple(frames.shape)}"
+        )
+    _check_titles(titles, frames.shape[0])
+
+    fig, ax = plt.subplots(figsize=(size, size), dpi=ANIMATION_DPI)
+    image = ax.imshow(frames[0].numpy(), interpolation="nearest", **style)
+    ax.set_axis_off()
+    fig.tight_layout()
+
+    def update(i):
+        image.set_data(frames[i].numpy())
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=10)
+        return (image,)
+
+    return _to_jshtml(fig, update, frames.shape[0], interval)

@@ -157,7 +157,9 @@ def schedule_grid(schedule: Schedule, steps: int, spacing: str = "trailing") -> 
     return TimeGrid(t, scale, std)
 
 
-def sde_grid(sde, steps: int, t_min: float = 1e-3, kind: str = "uniform", rho: float = 7.0):
+def sde_grid(
+    sde, steps: int, t_min: float = 1e-3, kind: str = "uniform", rho: float = 7.0
+) -> TimeGrid:
     """A ``steps``-step grid of a continuous-time process (a VPSDE or VESDE): ``steps`` noisy
     times from 1 down to ``t_min``, then t = 0 (std 0), the clean sample.
 

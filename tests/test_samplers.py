@@ -57,7 +57,6 @@ from diffusion_core.schedules import (
 torch.set_num_threads(1)
 F64 = torch.float64
 ODE_SAMPLERS = ["ddim", "euler", "heun", "dpm_solver_pp_2m"]
-SDE_SAMPLERS = ["ddpm", "euler_maruyama", "predictor_corrector"]
 ZERO_SNR_SAMPLERS = ["ddpm", "ddim", "euler", "heun", "dpm_solver_pp_2m"]
 
 
@@ -65,8 +64,9 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def sample(name, model, grid, n=64, seed=0, dim=2, **options):
-    x = prior_sample(grid, (n, dim), gen(seed))
+def sample(name, model, grid, n=64, seed=0, **options):
+    """n samples of 2-D data: prior noise from seed, the sampler's own noise from seed + 1."""
+    x = prior_sample(grid, (n, 2), gen(seed))
     return SAMPLERS[name](model, x, grid, gen(seed + 1), **options)
 
 
@@ -220,7 +220,7 @@ def test_sliced_w2_falls_with_steps_down_to_the_noise_floor(name, mixture, ddpm_
     band = 1.5 * sw_floor
     report = f"{name}: SW2 {distances} at steps {BUDGETS[name]}, floor {sw_floor:.4f}"
     assert distances[-1] <= band, report
-    assert distances[0] > band, report  # the smallest budget is visibly worse than exact
+    assert distances[0] > 1.5 * distances[-1], report  # the smallest budget is visibly worse
     for coarse, fine in zip(distances, distances[1:], strict=False):
         # Falls, until both are within the floor's band, where sampling noise decides.
         assert fine < coarse or max(coarse, fine) <= band, report
@@ -261,7 +261,7 @@ def test_convergence_order_on_gaussian_data(name, order):
     assert abs(slope.item() - order) <= 0.3, f"{name}: errors {errors.tolist()}, order {slope}"
 
 
-def test_ode_samplers_are_exact_with_one_step_on_a_point_mass():
+def test_ode_samplers_are_exact_on_a_point_mass():
     # With a data distribution that is a single point, D(x, t) = x0 everywhere and the ODE
     # solution is a straight line in sigma: every first-order step is exact.
     x0 = torch.tensor([[0.3, -1.2]], dtype=F64)

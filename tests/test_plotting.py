@@ -1,0 +1,55 @@
+"""The animation helpers of diffusion_core.plotting: self-contained HTML, one image per frame."""
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from IPython.display import HTML
+
+from diffusion_core import plotting
+
+EMBEDDED_FRAME = "data:image/png;base64,"
+
+
+def embedded_frames(html: HTML) -> int:
+    return html.data.count(EMBEDDED_FRAME)
+
+
+def test_animate_points_embeds_one_png_per_frame_and_closes_its_figure():
+    frames = torch.randn(5, 30, 2, generator=torch.Generator().manual_seed(0))
+    open_before = plt.get_fignums()
+    html = plotting.animate_points(frames, titles=[f"t = {t}" for t in range(5)])
+    assert isinstance(html, HTML)
+    assert embedded_frames(html) == 5
+    assert "<script" in html.data  # the player: it plays in the page, no kernel needed
+    assert plt.get_fignums() == open_before
+
+
+def test_animate_points_draws_the_background_once():
+    calls = []
+    plotting.animate_points(torch.zeros(3, 4, 2), background=calls.append, limit=2.0)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("shape", [(5, 30), (5, 30, 3), (30, 2)])
+def test_animate_points_rejects_frames_that_are_not_2d_point_clouds(shape):
+    with pytest.raises(ValueError, match="n_frames, n_points, 2"):
+        plotting.animate_points(torch.zeros(shape))
+
+
+def test_animations_reject_too_many_frames_and_mismatched_titles():
+    with pytest.raises(ValueError, match="frames"):
+        plotting.animate_points(torch.zeros(plotting.MAX_FRAMES + 1, 4, 2))
+    with pytest.raises(ValueError, match="one title per frame"):
+        plotting.animate_images(torch.zeros(3, 8, 8), titles=["a", "b"])
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8), (4, 1, 8, 8), (4, 3, 8, 8)])
+def test_animate_images_accepts_grey_and_channel_first_images(shape):
+    html = plotting.animate_images(torch.rand(shape) * 2 - 1)
+    assert embedded_frames(html) == 4
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 8, 8), (4, 8), (4, 8, 8, 3)])
+def test_animate_images_rejects_other_shapes(shape):
+    with pytest.raises(ValueError, match="n_frames, H, W"):
+        plotting.animate_images(torch.zeros(shape))
