@@ -70,6 +70,7 @@ __all__ = [
     "prior_sample",
     "schedule_grid",
     "sde_grid",
+    "sigma_grid",
 ]
 
 GRID_KINDS = ("uniform", "karras")
@@ -184,6 +185,22 @@ def sde_grid(
     t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
     scale, std = sde.marginal(t)
     return TimeGrid(t, scale, std)
+
+
+def sigma_grid(sigmas) -> TimeGrid:
+    """A grid in the variance-exploding view of Karras et al. (2022): scale 1, std = sigma, and
+    the model time is sigma itself, so ``model(x, t)`` receives the noise level as ``t``.
+
+    ``sigmas`` is a strictly decreasing 1-D tensor of positive noise levels (e.g. from
+    :func:`~diffusion_core.schedules.karras_sigmas`); sigma = 0, the clean sample, is appended.
+    """
+    sigmas = check_float("sigmas", sigmas).to(torch.float64)
+    if sigmas.ndim != 1 or sigmas.shape[0] < 1:
+        raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
+    if bool((sigmas <= 0).any()):
+        raise ValueError("sigmas must be positive (the final sigma = 0 is appended)")
+    t = torch.cat([sigmas, sigmas.new_zeros(1)])
+    return TimeGrid(t, torch.ones_like(t), t.clone())
 
 
 def _karras_times(sde, steps: int, t_min: float, rho: float) -> torch.Tensor:

@@ -12,8 +12,8 @@ a web server on localhost (as the book is hosted, and free of file:// quirks), a
   work offline, so requests elsewhere are blocked and reported;
 
 and saves a full-page screenshot of each page under ``_build/screenshots/`` to look at.
-Chapters are also checked in dark mode (figures keep a white card), for their launch and
-download buttons, and for their links to the notation and glossary pages.
+Chapters are also checked in dark mode (figures keep a light card), for their launch and
+download buttons, and for a link to the notation page.
 
 The test reads the HTML that the strict build of ``make test`` has just written; it does not
 build the book itself (that would double the time of ``make test``). Run ``make strict-build``
@@ -43,7 +43,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HTML_DIR = ROOT / "_build" / "html"
 SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -174,18 +174,20 @@ def server(built_book):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the base class's signature)
+    def log_message(self, format, *args):
         pass
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (shutil.which(CHROMIUM) or pathlib.Path(CHROMIUM).exists()):
+    if not pathlib.Path(CHROMIUM).exists():
         message = (
             f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package "
             "(`.ci/run` does) or set CHROMIUM to its path"
         )
-        pytest.fail(message) if ON_CI else pytest.skip(message)
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(message)
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         # Playwright gives every launch a fresh, temporary user-data directory.
@@ -255,8 +257,9 @@ def open_page(browser, url: str, problems: list[str], color_scheme: str = "light
         if is_local(route.request.url):
             route.continue_()
         else:
-            problems.append(f"request to a non-local host (the book must work offline): "
-                            f"{route.request.url}")
+            problems.append(
+                f"request to a non-local host (the book must work offline): {route.request.url}"
+            )
             route.abort()
 
     page.route("**/*", block_remote)
@@ -274,7 +277,7 @@ def open_page(browser, url: str, problems: list[str], color_scheme: str = "light
     return context, page
 
 
-def broken_links(page, page_path: pathlib.Path, origin: str) -> list[str]:
+def broken_links(page, origin: str) -> list[str]:
     problems = []
     hrefs = page.eval_on_selector_all("a[href]", "els => els.map(a => a.href)")
     for href in sorted(set(hrefs)):
@@ -313,7 +316,7 @@ def test_page_renders_offline_with_math_images_and_links(browser, server, docnam
         has_mathjax = page.evaluate(WAIT_FOR_MATHJAX)
         math = page.evaluate(MATH_REPORT)
         images = page.evaluate(IMAGE_REPORT)
-        problems += broken_links(page, path, server)
+        problems += broken_links(page, server)
         screenshot(page, docname)
     finally:
         context.close()
@@ -328,8 +331,12 @@ def test_page_renders_offline_with_math_images_and_links(browser, server, docnam
     assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
 
 
+def rgb(css_color: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in re.findall(r"\d+", css_color)[:3])
+
+
 @pytest.mark.parametrize("docname", CHAPTERS)
-def test_chapter_in_dark_mode_shows_figures_on_a_white_card(browser, server, docname):
+def test_chapter_in_dark_mode_shows_figures_on_a_light_card(browser, server, docname):
     problems: list[str] = []
     context, page = open_page(browser, f"{server}/{docname}.html", problems, "dark")
     try:
@@ -343,9 +350,10 @@ def test_chapter_in_dark_mode_shows_figures_on_a_white_card(browser, server, doc
         context.close()
     assert not problems, f"{docname} (dark):\n  " + "\n  ".join(problems)
     assert theme == "dark", f"the theme did not follow the reader's dark preference: {theme!r}"
-    red, green, blue = map(int, re.findall(r"\d+", body)[:3])
-    assert red + green + blue < 3 * 96, f"dark mode left a light page background: {body}"
-    assert set(cards) <= {"rgb(255, 255, 255)"}, f"figures without a white card: {set(cards)}"
+    assert sum(rgb(body)) < 3 * 96, f"dark mode left a light page background: {body}"
+    # matplotlib draws black axes and labels: on the dark page they need a light card.
+    dark_cards = {card for card in cards if min(rgb(card)) < 200}
+    assert not dark_cards, f"figures without a light card in dark mode: {dark_cards}"
 
 
 @pytest.mark.parametrize("docname", CHAPTERS)
@@ -364,12 +372,10 @@ def test_chapter_page_has_launch_and_download_buttons(built_book, docname):
 
 
 @pytest.mark.parametrize("docname", CHAPTERS)
-def test_chapter_links_to_notation_and_glossary(built_book, docname):
-    # Only links in the chapter's own text count, not the navigation sidebar.
+def test_chapter_links_to_the_notation_page(built_book, docname):
+    # Only links in the chapter's own text count, not the navigation around it.
     text = html_path(docname).read_text(encoding="utf-8")
-    article = text[text.index("<article") : text.index("</article>")]
     parser = _Links()
-    parser.feed(article)
-    targets = {pathlib.PurePosixPath(urlsplit(h).path).stem for h in parser.hrefs}
-    missing = {"notation", "glossary"} - targets
-    assert not missing, f"{docname} has no link to the {' and '.join(sorted(missing))} page"
+    parser.feed(text[text.index("<article") : text.index("</article>")])
+    targets = {pathlib.PurePosixPath(urlsplit(href).path).stem for href in parser.hrefs}
+    assert "notation" in targets, f"{docname} does not link to the notation page"

@@ -43,6 +43,7 @@ from diffusion_core.samplers import (
     prior_sample,
     schedule_grid,
     sde_grid,
+    sigma_grid,
 )
 from diffusion_core.schedules import (
     VESDE,
@@ -536,3 +537,19 @@ def test_euler_maruyama_and_predictor_corrector_are_reproducible(exact_model, dd
             sampler(exact_model, x, grid, gen(21)),
         )
         torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_sigma_grid_is_the_variance_exploding_view():
+    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1], dtype=torch.float64)
+    grid = sigma_grid(sigmas)
+    assert torch.equal(grid.t, torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0], dtype=torch.float64))
+    assert torch.equal(grid.std, grid.t) and torch.equal(
+        grid.scale, torch.ones(5, dtype=torch.float64)
+    )
+    assert torch.equal(grid.sigma[:-1], sigmas)
+    with pytest.raises(ValueError, match="sigmas"):
+        sigma_grid(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="decreasing"):
+        sigma_grid(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    with pytest.raises(TypeError, match="sigmas"):
+        sigma_grid([1.0, 0.5])
