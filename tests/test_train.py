@@ -211,3 +211,28 @@ def test_bad_train_arguments_raise(data, schedule):
         train(net, data, schedule, config, progress="yes")
     with pytest.raises(ValueError, match="device"):
         train(net, data, schedule, config, progress=False, device="tpu")
+
+
+@pytest.mark.slow
+def test_trained_mlp_samples_the_mixture_at_the_noise_floor():
+    """The book's recipe end to end: 2000 steps of the default MLP on the 2-D mixture, then 50
+    DDIM steps. Measured here: sliced W2 0.17 against a floor of 0.16 at 2000 samples (training
+    takes 10-20 s on one core); a net trained for one step gives about 110, so the bound of
+    1.5x the floor separates trained from untrained by orders of magnitude."""
+    from diffusion_core import metrics, samplers
+    from diffusion_core.parameterization import as_denoiser
+
+    mixture = default_mixture_2d()
+    data = mixture.sample(20_000, torch.Generator().manual_seed(3)).float()
+    torch.manual_seed(1)
+    net = MLPDenoiser()
+    config = TrainConfig(steps=2000, batch_size=256, lr=2e-3, ema_decay=0.995, seed=1)
+    run = train(net, data, linear_schedule(), config, progress=False)
+    grid = samplers.schedule_grid(linear_schedule(), 50)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        x = samplers.prior_sample(grid, (2000, 2), generator)
+        out = samplers.ddim(as_denoiser(run.ema, linear_schedule(), "eps"), x, grid)
+    distance = metrics.sliced_wasserstein(out, mixture.sample(2000, generator))
+    floor = metrics.sliced_wasserstein_floor(mixture.sample, 2000, generator=generator, repeats=20)
+    assert distance < 1.5 * floor, (distance, floor)
