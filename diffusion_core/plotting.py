@@ -6,6 +6,8 @@ imports it.
 
 from __future__ import annotations
 
+import re
+
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
@@ -96,9 +98,32 @@ def _check_titles(titles, n_frames: int):
         raise ValueError(f"titles must give one title per frame ({n_frames}), got {len(titles)}")
 
 
+# matplotlib's player draws its buttons with Font Awesome icons loaded from a CDN; the book must
+# work offline, so the stylesheet link is dropped and each icon becomes a plain Unicode glyph.
+_CDN_STYLESHEET = re.compile(r"<link[^>]*font-awesome[^>]*>\s*")
+_PLAYER_GLYPHS = {
+    "fa fa-fast-backward": "\u23ee",
+    "fa fa-step-backward": "\u23f4\u23f4",
+    "fa fa-play fa-flip-horizontal": "\u25c0",
+    "fa fa-pause": "\u23f8",
+    "fa fa-play": "\u25b6",
+    "fa fa-step-forward": "\u23f5\u23f5",
+    "fa fa-fast-forward": "\u23ed",
+    "fa fa-minus": "\u2212",
+    "fa fa-plus": "+",
+}
+
+
+def _offline_player(html: str) -> str:
+    html = _CDN_STYLESHEET.sub("", html)
+    for icon, glyph in _PLAYER_GLYPHS.items():
+        html = html.replace(f'<i class="{icon}"></i>', glyph)
+    return html
+
+
 def _to_jshtml(fig, update, n_frames: int, interval: int) -> HTML:
     animation = FuncAnimation(fig, update, frames=n_frames, interval=interval, blit=False)
-    html = animation.to_jshtml(default_mode="loop")
+    html = _offline_player(animation.to_jshtml(default_mode="loop"))
     plt.close(fig)  # the animation replaces the figure: do not show a static copy as well
     return HTML(html)
 

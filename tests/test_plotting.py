@@ -53,3 +53,17 @@ def test_animate_images_accepts_grey_and_channel_first_images(shape):
 def test_animate_images_rejects_other_shapes(shape):
     with pytest.raises(ValueError, match="n_frames, H, W"):
         plotting.animate_images(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: plotting.animate_points(torch.zeros(3, 4, 2), limit=1.0),
+        lambda: plotting.animate_images(torch.zeros(3, 8, 8)),
+    ],
+)
+def test_animations_need_nothing_from_the_internet(make):
+    html = make().data
+    assert "http://" not in html and "https://" not in html  # no CDN stylesheet or script
+    assert 'class="fa ' not in html  # every icon became a glyph: no icon font needed
+    assert "\u25b6" in html and "\u23f8" in html  # play and pause buttons still labelled
