@@ -12,6 +12,8 @@ Modules, in the order data flows through them:
   networks, training objectives and a reproducible training loop;
 - :mod:`~diffusion_core.samplers`: samplers with one shared signature over an explicit time grid;
 - :mod:`~diffusion_core.metrics`: distances between distributions;
+- :mod:`~diffusion_core.stability`: exact variance and error propagation, precision studies,
+  clipping and thresholding;
 - :mod:`~diffusion_core.device`: seeding and device choice;
 - :mod:`~diffusion_core.plotting`: the book's figure helpers (needs matplotlib).
 """
