@@ -297,10 +297,21 @@ def broken_links(page, origin: str) -> list[str]:
     return problems
 
 
-def screenshot(page, name: str) -> None:
+def screenshot(page, name: str, attempts: int = 3) -> None:
+    """Save a full-page PNG. Chromium's capture can fail transiently on a loaded machine
+    ("Unable to capture screenshot"), so it is retried a few times before the test fails."""
+    from playwright.sync_api import Error as PlaywrightError
+
     path = SCREENSHOT_DIR / (name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path), full_page=True)
+    for attempt in range(attempts):
+        try:
+            page.screenshot(path=str(path), full_page=True, timeout=60_000)
+            return
+        except PlaywrightError:
+            if attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(1000)
 
 
 # --- tests ----------------------------------------------------------------------------------
