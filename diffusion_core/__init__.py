@@ -14,6 +14,8 @@ Modules, in the order data flows through them:
 - :mod:`~diffusion_core.metrics`: distances between distributions;
 - :mod:`~diffusion_core.stability`: exact variance and error propagation, precision studies,
   clipping and thresholding;
+- :mod:`~diffusion_core.autoencoder`, :mod:`~diffusion_core.text`: the latent autoencoder and the
+  tiny prompt encoder for latent, text-conditioned diffusion;
 - :mod:`~diffusion_core.device`: seeding and device choice;
 - :mod:`~diffusion_core.plotting`: the book's figure helpers (needs matplotlib).
 """
