@@ -3,15 +3,24 @@
 The CPU is the default: the whole book runs on it. A GPU is used only when asked for, by
 argument or by the environment variable ``DIFFUSION_DEVICE`` (``cpu``, ``cuda``, ``cuda:1`` or
 ``auto``).
+
+The CUDA path uses the same code as the CPU path, with three switches that matter only on a GPU:
+TF32 matrix products (:func:`use_tf32`), bfloat16 autocast for the network's forward pass
+(:func:`autocast_context`) and, optionally, ``torch.compile`` (:func:`maybe_compile`). Each is a
+no-op on the CPU. Sampler arithmetic stays float64 on both devices. :func:`per_sample_noise`
+gives every sample its own random stream, so that a sample's noise does not depend on how the
+samples are batched (or spread over GPUs, :mod:`diffusion_core.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
 import numpy as np
 import torch
+from torch import nn
 
 from diffusion_core._validation import check_positive_int
 
@@ -64,3 +73,123 @@ def get_device(name: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {choice!r} was requested but CUDA is not available")
     return device
+
+
+# --- the CUDA path ----------------------------------------------------------------------------
+
+
+def use_tf32(device: str | torch.device, enabled: bool = True) -> bool:
+    """Let float32 matrix products and convolutions on CUDA use TensorFloat-32 (or stop them).
+
+    TF32 keeps float32's range but rounds the inputs of a product to a 10-bit mantissa (about
+    1e-3 relative), for several times the throughput of full float32 on Ampere and later
+    GPUs: ample for training a network, harmless to the samplers, whose arithmetic is float64
+    (TF32 never touches float64). On the CPU nothing changes. The setting is global
+    (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``).
+    Returns whether it applied, i.e. whether ``device`` is a CUDA device.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {type(enabled).__name__}")
+    if _device_type(device) != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return True
+
+
+def autocast_context(
+    device: str | torch.device, enabled: bool = True, dtype: torch.dtype = torch.bfloat16
+) -> contextlib.AbstractContextManager:
+    """Mixed precision for a network's forward pass: bf16 autocast on CUDA, nothing on the CPU.
+
+    Inside the block, CUDA matrix products and convolutions run in ``dtype`` (bfloat16: float32's
+    exponent range, so no loss scaling and none of float16's overflow to inf) while reductions,
+    norms and the loss stay float32 (PyTorch's autocast op lists). Parameters and their
+    gradients remain float32; run ``backward`` outside the block. On the CPU, or with
+    ``enabled=False``, it is a no-op context, so the same code serves both devices and the book's
+    CPU results do not change.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {type(enabled).__name__}")
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be torch.bfloat16 or torch.float16, got {dtype}")
+    if enabled and _device_type(device) == "cuda":
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def maybe_compile(net: nn.Module, enabled: bool, **options) -> nn.Module:
+    """``torch.compile(net, **options)`` if ``enabled``, else ``net`` itself.
+
+    The compiled module shares its parameters with ``net`` (train and checkpoint ``net``, call
+    the compiled one). Compilation happens at the first call and takes tens of seconds; it pays
+    off for long runs on a GPU, not for the book's short CPU runs, hence off by default where
+    it is used (:class:`diffusion_core.train.TrainConfig`).
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {type(enabled).__name__}")
+    return torch.compile(net, **options) if enabled else net
+
+
+def sample_seeds(base_seed: int, indices) -> list[int]:
+    """One seed per sample, derived from (``base_seed``, sample index) by NumPy's SeedSequence.
+
+    The seed of sample i depends on i and the base seed only, not on which batch the sample is
+    drawn in, nor on the process: a sample keeps its noise when the batch size, the order of
+    the batches or the number of GPUs changes. SeedSequence mixes the pair by a hash, so that
+    neighbouring indices get unrelated streams.
+    """
+    check_positive_int("base_seed", base_seed, minimum=0, maximum=2**63 - 1)
+    if isinstance(indices, torch.Tensor):
+        indices = indices.tolist()
+    seeds = []
+    for index in indices:
+        check_positive_int("index", index, minimum=0)
+        state = np.random.SeedSequence([base_seed, index]).generate_state(2, dtype=np.uint32)
+        seeds.append(int(state[0]) << 31 | int(state[1]) >> 1)  # 63 bits
+    return seeds
+
+
+def per_sample_noise(
+    shape, seeds, device: str | torch.device | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Standard normal noise of ``shape`` = (n, ...), row i drawn from its own generator.
+
+    ``seeds`` holds n integers (e.g. from :func:`sample_seeds`); row i is
+    ``torch.randn(shape[1:])`` from a generator seeded with ``seeds[i]``, created on ``device``
+    (a CUDA generator on a GPU, a CPU one on the CPU). So a sample's noise does not depend on
+    the batch it is drawn in. CUDA and CPU generators are different algorithms (Philox and the
+    Mersenne Twister): for the same noise on both devices, draw on the CPU and copy.
+    One small draw per sample: meant for the sampler's starting noise, not for every step.
+    """
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple | list | torch.Size) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
+    ):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    if len(shape) < 1:
+        raise ValueError("shape must have at least one axis (the batch)")
+    seeds = list(seeds)
+    if len(seeds) != shape[0]:
+        raise ValueError(f"seeds must hold one seed per sample ({shape[0]}), got {len(seeds)}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    generator = torch.Generator(device=device)
+    for row, seed in zip(out, seeds, strict=True):
+        check_positive_int("seed", seed, minimum=0, maximum=2**64 - 1)
+        generator.manual_seed(seed)
+        row.normal_(generator=generator)
+    return out
+
+
+def _device_type(device) -> str:
+    if isinstance(device, str):
+        device = torch.device(device)
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device or a string, got {type(device).__name__}")
+    return device.type

@@ -130,6 +130,7 @@ def per_sample_loss(
     prediction: str = "eps",
     weighting: str = "none",
     gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The weighted squared error of each sample at given times and noise, shape (n,).
 
@@ -138,6 +139,10 @@ def per_sample_loss(
     :func:`loss_weight`. ``t`` is an int tensor in 1..T of shape (n,), or one step for all.
     For analysis (loss against t); :func:`diffusion_loss` draws ``t`` and ``noise`` itself.
     The result has the dtype of the network's output.
+
+    ``labels``: for a class-conditional network, an integer tensor of shape (n,) with the class
+    of each sample; the network is then called as ``net(x_t, t, labels)`` instead of
+    ``net(x_t, t)``.
     """
     _check_schedule(schedule)
     check_float("x0", x0)
@@ -151,12 +156,13 @@ def per_sample_loss(
     t = _check_steps(t, schedule.T)
     check_batch("t", t, x0.shape[0], "the batch size of x0")
     t = t.to(x0.device).expand(x0.shape[0])
+    _check_labels(labels, x0.shape[0])
     weight = loss_weight(schedule, t, prediction, weighting, gamma).to(x0.device)
 
     schedule = _schedule_on(schedule, x0.device)
     x_t = q_sample(schedule, x0, t, noise)
     scale, std = schedule.marginal(t)
-    prediction_value = net(x_t, t)
+    prediction_value = net(x_t, t) if labels is None else net(x_t, t, labels.to(x0.device))
     if not isinstance(prediction_value, torch.Tensor) or prediction_value.shape != x0.shape:
         got = (
             tuple(prediction_value.shape)
@@ -177,15 +183,20 @@ def diffusion_loss(
     prediction: str = "eps",
     weighting: str = "none",
     gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Monte Carlo training loss: the mean of :func:`per_sample_loss` over the batch.
 
     t ~ Uniform{1..T} and eps ~ N(0, I) are drawn from ``generator`` by
     :func:`sample_t_and_noise`. With ``prediction="eps"`` and ``weighting="none"`` this is
-    L_simple of Ho et al. (2020, Eq. 14). Returns a scalar tensor.
+    L_simple of Ho et al. (2020, Eq. 14). ``labels`` (n,), if given, go to a class-conditional
+    network (see :func:`per_sample_loss`); they draw nothing from ``generator``. Returns a
+    scalar tensor.
     """
     t, noise = sample_t_and_noise(x0, schedule, generator)
-    return per_sample_loss(net, x0, schedule, t, noise, prediction, weighting, gamma).mean()
+    return per_sample_loss(
+        net, x0, schedule, t, noise, prediction, weighting, gamma, labels=labels
+    ).mean()
 
 
 def _schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
@@ -214,6 +225,25 @@ def _check_steps(t, T: int) -> torch.Tensor:
             f"{int(values.min())}..{int(values.max())}"
         )
     return steps
+
+
+def _check_labels(labels, batch: int) -> None:
+    """None, or an integer tensor with one label per sample."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor) or _is_not_integer(labels):
+        kind = (
+            f"dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        )
+        raise TypeError(f"labels must be an integer torch.Tensor or None, got {kind}")
+    if labels.shape != (batch,):
+        raise ValueError(
+            f"labels must have shape ({batch},) (one per sample), got {tuple(labels.shape)}"
+        )
+
+
+def _is_not_integer(x: torch.Tensor) -> bool:
+    return x.is_floating_point() or x.is_complex() or x.dtype == torch.bool
 
 
 def _check_generator(generator) -> None:

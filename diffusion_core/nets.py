@@ -19,7 +19,16 @@ from torch import nn
 
 from diffusion_core._validation import check_positive_int
 
-__all__ = ["MLPDenoiser", "SinusoidalEmbedding", "count_parameters"]
+__all__ = [
+    "CrossAttention",
+    "MLPDenoiser",
+    "SinusoidalEmbedding",
+    "TextUNet",
+    "UNet",
+    "count_flops",
+    "count_parameters",
+    "describe",
+]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -145,7 +154,7 @@ class MLPDenoiser(nn.Module):
                 f"t must have shape ({x.shape[0]},) (one time per sample) or hold a single "
                 f"value, got {tuple(t.shape)}"
             )
-        return x, t
+        return x, t.to(x.device)  # the sampler's time grid may live on the CPU
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -153,3 +162,378 @@ def count_parameters(module: nn.Module) -> int:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters())
+
+
+# --- U-Net for images -----------------------------------------------------------------------
+
+
+def _check_channels(channels) -> tuple[int, ...]:
+    if not isinstance(channels, tuple | list) or not channels:
+        raise TypeError(f"channels must be a non-empty tuple of ints, got {channels!r}")
+    for width in channels:
+        check_positive_int("channels", width)
+    return tuple(channels)
+
+
+class _TimeResidualBlock(nn.Module):
+    """h -> skip(h) + conv2(silu(norm2(conv1(silu(norm1(h))) + W c))), c the time/class code.
+
+    The residual block of the DDPM U-Net (Ho et al. 2020, App. B), after the wide ResNets of
+    Zagoruyko & Komodakis (2016): GroupNorm and SiLU before each 3x3 convolution, the condition
+    added as a per-channel bias between the two, and a 1x1 convolution on the skip path when the
+    number of channels changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(math.gcd(groups, in_channels), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.condition = nn.Linear(embedding_dim, out_channels)
+        self.norm2 = nn.GroupNorm(math.gcd(groups, out_channels), out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.silu(self.norm1(h)))
+        out = out + self.condition(F.silu(code))[:, :, None, None]
+        out = self.conv2(F.silu(self.norm2(out)))
+        return self.skip(h) + out
+
+
+class _SelfAttention(nn.Module):
+    """h -> h + W_o softmax(Q K^T / sqrt(c)) V over the H W positions (one head, residual).
+
+    Q, K, V are 1x1 convolutions of GroupNorm(h), as in the DDPM U-Net at 16x16 resolution; here
+    it runs at the lowest resolution only, where the positions are few.
+    """
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, c, height, width = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(n, 3, c, height * width).transpose(2, 3).unbind(1)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (n, H W, c)
+        return h + self.out(attended.transpose(1, 2).reshape(n, c, height, width))
+
+
+class UNet(nn.Module):
+    """A small U-Net denoiser for images of shape (n, C, H, W), conditioned on the time step and,
+    optionally, on a class label.
+
+    The encoder-decoder with skip connections of Ronneberger et al. (2015), in the form the DDPM
+    paper gave it (Ho et al. 2020, App. B; Dhariwal & Nichol 2021 for the class embedding):
+
+        code = MLP(emb(t)) [+ E[label]]                       time (and class) embedding, 4 c_0
+        h = conv3x3(x)                                        c_0 channels at H x W
+        down level i = 0..L-1:  ``blocks`` residual blocks to c_i channels, each output kept
+                                for a skip connection; then a stride-2 3x3 convolution (not
+                                after the last level), its output kept as well
+        middle:                 residual block, self-attention (optional), residual block
+        up level i = L-1..0:    ``blocks + 1`` residual blocks, each fed the concatenation of h
+                                and the latest kept output; then nearest-neighbour upsampling
+                                and a 3x3 convolution (not after level 0)
+        output = conv3x3(silu(GroupNorm(h)))                  back to C channels
+
+    Every residual block receives the code (:class:`_TimeResidualBlock`). H and W must be
+    divisible by 2^(L-1), with L = len(channels).
+
+    Classes. With ``num_classes = K`` the labels 0..K-1 are the classes and the label K is the
+    "null" class, meaning "no condition" (:attr:`null_label`). Training with a fraction of
+    labels replaced by the null class (label dropout) makes one network both conditional and
+    unconditional, which is what classifier-free guidance needs (Ho & Salimans 2022). Without
+    ``num_classes`` the network is unconditional and takes no labels.
+
+    ``forward(x, t, labels=None)``: ``t`` as for :class:`MLPDenoiser` (integer steps or float
+    times on that scale, shape (n,) or one value); ``labels`` an integer tensor of shape (n,) or
+    one value, in 0..K (None: the null class). The output has ``x``'s shape and dtype.
+    Weights use PyTorch's default initialisation (determined by the global seed).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels=(32, 64),
+        blocks: int = 1,
+        attention: bool = True,
+        num_classes: int | None = None,
+        groups: int = 8,
+    ):
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.channels = _check_channels(channels)
+        self.blocks = check_positive_int("blocks", blocks)
+        check_positive_int("groups", groups)
+        if not isinstance(attention, bool):
+            raise TypeError(f"attention must be True or False, got {type(attention).__name__}")
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes)
+        self.num_classes = num_classes
+        width = self.channels[0]
+        code_dim = 4 * width
+
+        self.embedding = SinusoidalEmbedding(width)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(width, code_dim), nn.SiLU(), nn.Linear(code_dim, code_dim)
+        )
+        self.class_embedding = (
+            None if num_classes is None else nn.Embedding(num_classes + 1, code_dim)
+        )
+        self.input = nn.Conv2d(in_channels, width, 3, padding=1)
+
+        kept = [width]  # channels of the outputs kept for the skip connections
+        self.down = nn.ModuleList()
+        for level, out_width in enumerate(self.channels):
+            for _ in range(blocks):
+                self.down.append(_TimeResidualBlock(width, out_width, code_dim, groups))
+                width = out_width
+                kept.append(width)
+            if level < len(self.channels) - 1:
+                self.down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                kept.append(width)
+
+        self.middle = nn.ModuleList(
+            [
+                _TimeResidualBlock(width, width, code_dim, groups),
+                _SelfAttention(width, groups) if attention else nn.Identity(),
+                _TimeResidualBlock(width, width, code_dim, groups),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(self.channels))):
+            out_width = self.channels[level]
+            for _ in range(blocks + 1):
+                self.up.append(_TimeResidualBlock(width + kept.pop(), out_width, code_dim, groups))
+                width = out_width
+            if level > 0:
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"),
+                        nn.Conv2d(width, width, 3, padding=1),
+                    )
+                )
+
+        self.output_norm = nn.GroupNorm(math.gcd(groups, width), width)
+        self.output = nn.Conv2d(width, in_channels, 3, padding=1)
+
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no condition" (``num_classes``), or None if unconditional."""
+        return self.num_classes
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x, t, labels = self._check_inputs(x, t, labels)
+        dtype = self.input.weight.dtype
+        code = self.time_mlp(self.embedding(t.to(torch.float64)).to(dtype))
+        if self.class_embedding is not None:
+            code = code + self.class_embedding(labels)
+
+        h = self.input(x.to(dtype))
+        kept = [h]
+        for layer in self.down:
+            h = layer(h, code) if isinstance(layer, _TimeResidualBlock) else layer(h)
+            kept.append(h)
+        h = self.middle[0](h, code)
+        h = self.middle[1](h)
+        h = self.middle[2](h, code)
+        for layer in self.up:
+            if isinstance(layer, _TimeResidualBlock):
+                h = layer(torch.cat([h, kept.pop()], dim=1), code)
+            else:
+                h = layer(h)
+        return self.output(F.silu(self.output_norm(h))).to(x.dtype)
+
+    def _check_inputs(self, x, t, labels):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            kind = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating-point torch.Tensor, got {kind}")
+        factor = 2 ** (len(self.channels) - 1)
+        if (
+            x.ndim != 4
+            or x.shape[1] != self.in_channels
+            or x.shape[2] % factor
+            or x.shape[3] % factor
+        ):
+            raise ValueError(
+                f"x must have shape (n, {self.in_channels}, H, W) with H and W divisible by "
+                f"{factor}, got {tuple(x.shape)}"
+            )
+        n = x.shape[0]
+        t = _per_sample("t", t, n).to(x.device)  # the sampler's time grid may live on the CPU
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("this UNet is unconditional (num_classes=None): pass no labels")
+            return x, t, None
+        if labels is None:
+            labels = torch.tensor(self.num_classes, device=x.device)
+        if (
+            not isinstance(labels, torch.Tensor)
+            or labels.is_floating_point()
+            or labels.is_complex()
+        ):
+            kind = (
+                f"dtype {labels.dtype}"
+                if isinstance(labels, torch.Tensor)
+                else type(labels).__name__
+            )
+            raise TypeError(f"labels must be an integer torch.Tensor, got {kind}")
+        labels = _per_sample("labels", labels, n).to(device=x.device, dtype=torch.int64)
+        if bool(((labels < 0) | (labels > self.num_classes)).any()):
+            raise ValueError(
+                f"labels must lie in 0..{self.num_classes} ({self.num_classes} is the null class)"
+            )
+        return x, t, labels
+
+
+def _per_sample(name: str, value, n: int) -> torch.Tensor:
+    """A tensor of shape (n,), from one holding n values or a single value."""
+    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool:
+        kind = f"dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be an integer or floating-point torch.Tensor, got {kind}")
+    if value.numel() == 1:
+        return value.reshape(1).expand(n)
+    if value.shape != (n,):
+        raise ValueError(
+            f"{name} must have shape ({n},) (one per sample) or hold a single value, "
+            f"got {tuple(value.shape)}"
+        )
+    return value
+
+
+def count_flops(module: nn.Module, *inputs) -> int:
+    """Floating-point operations of one call ``module(*inputs)``, counted by PyTorch.
+
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts the matrix products and
+    convolutions (2 FLOPs per multiply-add) and attention; normalisations, activations and
+    additions, a few percent of the total in a convolutional network, are not counted.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return counter.get_total_flops()
+
+
+def describe(module: nn.Module, *inputs) -> str:
+    """One line: parameter count and FLOPs per sample of ``module(*inputs)`` (batch first)."""
+    batch = inputs[0].shape[0]
+    flops = count_flops(module, *inputs) / batch
+    return (
+        f"{type(module).__name__}: {count_parameters(module):,} parameters, "
+        f"{flops / 1e6:.2f} MFLOPs per sample ({flops / 2e6:.2f} M multiply-adds)"
+    )
+
+
+# --- text conditioning through cross-attention ----------------------------------------------
+
+
+class CrossAttention(nn.Module):
+    """h -> h + W_o softmax(Q K^T / sqrt(d) + mask) V, queries from the image, keys from text.
+
+    The conditioning layer of latent diffusion (Rombach et al. 2022, Sec. 3.3, Eq. 3): the H W
+    positions of the feature map h (n, c, H, W) ask, through Q = W_q GroupNorm(h), which of the
+    L tokens of the context (n, L, context_dim) to read, K = W_k context and V = W_v context,
+    with ``heads`` heads of c / heads channels. Padded tokens (``mask`` False) get weight
+    exactly zero, so the output does not depend on what the padded rows of the context hold.
+    Residual, like :class:`_SelfAttention`.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 4, groups: int = 8):
+        super().__init__()
+        check_positive_int("channels", channels)
+        check_positive_int("context_dim", context_dim)
+        self.heads = check_positive_int("heads", heads)
+        if channels % heads:
+            raise ValueError(f"channels must be divisible by heads ({heads}), got {channels}")
+        self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)
+        self.query = nn.Linear(channels, channels)
+        self.key_value = nn.Linear(context_dim, 2 * channels)
+        self.out = nn.Linear(channels, channels)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, c, height, width = h.shape
+        split = (n, -1, self.heads, c // self.heads)  # (n, length, heads, d) -> heads first
+        q = self.query(self.norm(h).flatten(2).transpose(1, 2)).reshape(split).transpose(1, 2)
+        k, v = self.key_value(context.to(h.dtype)).chunk(2, dim=-1)
+        k, v = (z.reshape(split).transpose(1, 2) for z in (k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        out = self.out(attended.transpose(1, 2).reshape(n, height * width, c))
+        return h + out.transpose(1, 2).reshape(n, c, height, width)
+
+
+class TextUNet(UNet):
+    """A :class:`UNet` conditioned on a text context through cross-attention.
+
+    The same encoder-decoder, time embedding and residual blocks; after every residual block
+    (down, middle and up) a :class:`CrossAttention` layer lets each position read the prompt's
+    token embeddings, as in the denoiser of Stable Diffusion (Rombach et al. 2022, App. E.2),
+    whose transformer blocks sit beside the residual blocks at every level. No class labels.
+
+    ``forward(x, t, context, mask)``: ``x`` and ``t`` as for :class:`UNet`, ``context`` the
+    (n, L, context_dim) output of :class:`diffusion_core.text.TextEncoder` and ``mask`` its
+    (n, L) bool mask (True at real tokens).
+    """
+
+    def __init__(self, context_dim: int, heads: int = 4, **unet_options):
+        if unet_options.get("num_classes") is not None:
+            raise ValueError("TextUNet is conditioned on text: num_classes must be None")
+        super().__init__(**unet_options)
+        self.context_dim = check_positive_int("context_dim", context_dim)
+        groups = unet_options.get("groups", 8)
+        blocks = [layer for layer in self.modules() if isinstance(layer, _TimeResidualBlock)]
+        self.cross = nn.ModuleList(
+            CrossAttention(block.conv2.out_channels, context_dim, heads, groups) for block in blocks
+        )
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        x, t, _ = self._check_inputs(x, t, None)
+        self._check_context(context, mask, x.shape[0])
+        dtype = self.input.weight.dtype
+        code = self.time_mlp(self.embedding(t.to(torch.float64)).to(dtype))
+        cross = iter(self.cross)
+
+        def block(layer, h):
+            return next(cross)(layer(h, code), context, mask)
+
+        h = self.input(x.to(dtype))
+        kept = [h]
+        for layer in self.down:
+            h = block(layer, h) if isinstance(layer, _TimeResidualBlock) else layer(h)
+            kept.append(h)
+        h = block(self.middle[0], h)
+        h = self.middle[1](h)
+        h = block(self.middle[2], h)
+        for layer in self.up:
+            if isinstance(layer, _TimeResidualBlock):
+                h = block(layer, torch.cat([h, kept.pop()], dim=1))
+            else:
+                h = layer(h)
+        return self.output(F.silu(self.output_norm(h))).to(x.dtype)
+
+    def _check_context(self, context, mask, n: int) -> None:
+        if not isinstance(context, torch.Tensor) or not context.is_floating_point():
+            raise TypeError("context must be a floating-point torch.Tensor of shape (n, L, d)")
+        if context.ndim != 3 or context.shape[0] != n or context.shape[2] != self.context_dim:
+            raise ValueError(
+                f"context must have shape ({n}, L, {self.context_dim}), got {tuple(context.shape)}"
+            )
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError("mask must be a bool torch.Tensor of shape (n, L)")
+        if mask.shape != context.shape[:2]:
+            raise ValueError(
+                f"mask must have shape {tuple(context.shape[:2])}, got {tuple(mask.shape)}"
+            )

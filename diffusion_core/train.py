@@ -15,7 +15,14 @@ and thread count).
 Devices. The net, the data and the schedule's table are moved to ``device`` once; the
 generators stay on the CPU (their draws are then the same on every device) and each step copies
 its indices, times and noise to the device, a transfer of one batch of noise. The loop is the
-same on a CPU and a GPU.
+same on a CPU and a GPU; on a GPU, ``config.mixed_precision`` runs the forward pass under
+bfloat16 autocast with TF32 matrix products, and ``config.compile`` compiles the net
+(:mod:`diffusion_core.device`).
+
+Several processes. Under ``torchrun`` (after :func:`diffusion_core.distributed.setup`) the same
+loop trains with DistributedDataParallel: every process draws the same global minibatch, times
+and noise and keeps its shard of them, so the run equals the single-process run up to the order
+of float additions; only rank 0 keeps the EMA, shows progress and writes checkpoints.
 
 Quiet by default. The progress bar (tqdm, on stderr) shows only when asked for or when stderr is
 a terminal and the environment variable ``DIFFUSION_PROGRESS`` is not ``"0"``; nothing else is
@@ -37,9 +44,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from diffusion_core import distributed
 from diffusion_core._validation import check_float, check_positive_int
-from diffusion_core.device import get_device
-from diffusion_core.losses import PREDICTIONS, WEIGHTINGS, diffusion_loss
+from diffusion_core.device import autocast_context, get_device, maybe_compile, use_tf32
+from diffusion_core.losses import PREDICTIONS, WEIGHTINGS, per_sample_loss, sample_t_and_noise
 from diffusion_core.schedules import Schedule
 
 __all__ = [
@@ -65,6 +73,8 @@ _TRAJECTORY_FIELDS = (
     "weighting",
     "min_snr_gamma",
     "seed",
+    "label_dropout",
+    "null_label",
 )
 
 
@@ -80,9 +90,17 @@ class TrainConfig:
         grad_clip: maximum global gradient norm (> 0), or None for no clipping.
         prediction, weighting, min_snr_gamma: the loss (:mod:`diffusion_core.losses`).
         seed: seeds the two generators of the run.
+        label_dropout, null_label: for class-conditional training (``train(..., labels=...)``),
+            each label of a minibatch is replaced by ``null_label``, the network's "no
+            condition" class, with probability ``label_dropout`` (Ho & Salimans 2022, Alg. 1);
+            the draws come from the data generator, after the minibatch indices.
         log_every: the progress bar shows the mean loss of the last ``log_every`` steps.
         checkpoint_every: save a checkpoint every that many steps (0: only at the end).
         checkpoint_path: where checkpoints go (None: no checkpoints).
+        mixed_precision: on CUDA, bfloat16 autocast for the forward pass and the loss, and TF32
+            for float32 matrix products; False trains in full float32 and turns TF32 off (a
+            global setting, left as set after training). No effect on the CPU.
+        compile: run the net through ``torch.compile`` (worth it for long GPU runs).
     """
 
     steps: int = 2000
@@ -95,9 +113,13 @@ class TrainConfig:
     weighting: str = "none"
     min_snr_gamma: float = 5.0
     seed: int = 0
+    label_dropout: float = 0.0
+    null_label: int | None = None
     log_every: int = 100
     checkpoint_every: int = 0
     checkpoint_path: str | os.PathLike | None = None
+    mixed_precision: bool = True
+    compile: bool = False
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
@@ -113,6 +135,11 @@ class TrainConfig:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         _check_number("min_snr_gamma", self.min_snr_gamma, low=0.0, low_open=True)
         check_positive_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
+        _check_number("label_dropout", self.label_dropout, low=0.0, high=1.0)
+        if self.null_label is not None:
+            check_positive_int("null_label", self.null_label, minimum=0)
+        if self.label_dropout > 0 and self.null_label is None:
+            raise ValueError("label_dropout > 0 needs the null_label to replace labels with")
         check_positive_int("log_every", self.log_every)
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         path = self.checkpoint_path
@@ -120,6 +147,9 @@ class TrainConfig:
             raise TypeError(f"checkpoint_path must be a path or None, got {type(path).__name__}")
         if self.checkpoint_every and path is None:
             raise ValueError("checkpoint_every > 0 needs a checkpoint_path to write to")
+        for name in ("mixed_precision", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -165,6 +195,7 @@ def train(
     progress: bool | None = None,
     device: str | torch.device | None = None,
     resume_from: str | os.PathLike | None = None,
+    labels: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``net`` in place on ``data`` (N, ...) to predict ``config.prediction``.
 
@@ -173,7 +204,10 @@ def train(
     compute (None: :func:`diffusion_core.device.get_device`, the CPU unless the environment
     says otherwise). ``resume_from``: a checkpoint written by a run with the same config (the
     steps and checkpoint settings may differ); training continues from its step up to
-    ``config.steps`` exactly as the uninterrupted run would.
+    ``config.steps`` exactly as the uninterrupted run would. ``labels``: an integer tensor (N,)
+    with the class of each data point, for a class-conditional net called as
+    ``net(x, t, labels)``; minibatch labels are dropped to ``config.null_label`` with
+    probability ``config.label_dropout``. Without labels the run is exactly as before.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -184,8 +218,10 @@ def train(
         raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    show = _show_progress(progress)
+    labels = _check_labels(labels, data.shape[0])
+    show = _show_progress(progress) and distributed.is_main_process()
     device = device if isinstance(device, torch.device) else get_device(device)
+    use_tf32(device, config.mixed_precision)
 
     net.to(device).train()
     data = data.to(device)
@@ -197,19 +233,26 @@ def train(
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         step, losses = _restore(state, config, net, ema, optimizer, generators)
+    model = maybe_compile(distributed.wrap(net, device), config.compile)  # shares net's weights
 
     with tqdm(total=config.steps, initial=step, disable=not show, unit="step") as bar:
         while step < config.steps:
             index = torch.randint(data.shape[0], (config.batch_size,), generator=generators["data"])
-            loss = _train_step(net, optimizer, data[index.to(device)], schedule, config, generators)
+            batch_labels = (
+                None if labels is None else _drop_labels(labels[index], config, generators)
+            )
+            loss = _train_step(
+                model, optimizer, data[index.to(device)], schedule, config, generators, batch_labels
+            )
             step += 1
-            update_ema(ema, net, ema_decay_at(config.ema_decay, step))
+            if distributed.is_main_process():
+                update_ema(ema, net, ema_decay_at(config.ema_decay, step))
             losses.append(float(loss))
             bar.update(1)
             if step % config.log_every == 0:
                 recent = losses[-config.log_every :]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
-            if _checkpoint_due(config, step):
+            if _checkpoint_due(config, step) and distributed.is_main_process():
                 state = _state(config, step, losses, net, ema, optimizer, generators)
                 save_checkpoint(config.checkpoint_path, state)
     return TrainResult(losses=losses, ema=ema, step=step)
@@ -222,22 +265,60 @@ def _ema_copy(net: nn.Module) -> nn.Module:
     return ema
 
 
-def _train_step(net, optimizer, batch, schedule, config, generators) -> torch.Tensor:
-    loss = diffusion_loss(
-        net,
-        batch,
-        schedule,
-        generators["noise"],
-        config.prediction,
-        config.weighting,
-        config.min_snr_gamma,
-    )
+def _train_step(net, optimizer, batch, schedule, config, generators, labels=None):
+    """One step of :func:`diffusion_core.losses.diffusion_loss` on this process's shard.
+
+    t and eps are drawn for the whole global batch, then sharded (a no-op in one process, where
+    this is exactly ``diffusion_loss``); the returned loss is that of the global batch.
+    """
+    t, noise = sample_t_and_noise(batch, schedule, generators["noise"])
+    labels = None if labels is None else labels.to(batch.device)
+    batch, t, noise, labels = distributed.shard(batch, t, noise, labels)
+    with autocast_context(batch.device, config.mixed_precision):
+        loss = per_sample_loss(
+            net,
+            batch,
+            schedule,
+            t,
+            noise,
+            config.prediction,
+            config.weighting,
+            config.min_snr_gamma,
+            labels=labels,
+        ).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip is not None:
         nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
     optimizer.step()
-    return loss.detach()
+    return distributed.average(loss.detach())
+
+
+def _check_labels(labels, n: int) -> torch.Tensor | None:
+    """None, or an integer tensor of shape (n,), kept on the CPU where the generators are."""
+    if labels is None:
+        return None
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.dtype.is_floating_point
+        or labels.is_complex()
+    ):
+        raise TypeError("labels must be an integer torch.Tensor of shape (N,) or None")
+    if labels.dtype == torch.bool:
+        raise TypeError("labels must be integers, got dtype torch.bool")
+    if labels.shape != (n,):
+        raise ValueError(
+            f"labels must have shape ({n},), one per data point, got {tuple(labels.shape)}"
+        )
+    return labels.cpu()
+
+
+def _drop_labels(labels: torch.Tensor, config: TrainConfig, generators) -> torch.Tensor:
+    """Replace each label by ``config.null_label`` with probability ``config.label_dropout``."""
+    if config.label_dropout == 0:
+        return labels
+    drop = torch.rand(labels.shape, generator=generators["data"]) < config.label_dropout
+    return labels.masked_fill(drop, config.null_label)
 
 
 def _checkpoint_due(config: TrainConfig, step: int) -> bool:
@@ -286,7 +367,11 @@ def _restore(state, config, net, ema, optimizer, generators) -> tuple[int, list[
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume_from is not a checkpoint of format {CHECKPOINT_FORMAT}")
     for name in _TRAJECTORY_FIELDS:
-        saved, current = state["config"][name], getattr(config, name)
+        # Checkpoints written before a field existed hold its default.
+        saved, current = (
+            state["config"].get(name, getattr(TrainConfig, name)),
+            getattr(config, name),
+        )
         if saved != current:
             raise ValueError(
                 f"resume_from was written with {name}={saved!r}, but config has "

@@ -14,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$tmp/venv/bin/python" -m pip install --quiet --no-deps --no-index "torch==$TORCH_VERSION" 2>/dev/null ||
   "$tmp/venv/bin/python" -m pip install --quiet --no-deps --index-url "$TORCH_INDEX_URL" \
     "torch==$TORCH_VERSION"
-"$tmp/venv/bin/python" -m pip install --quiet -e ".[book,test]"
+"$tmp/venv/bin/python" -m pip install --quiet -e ".[book,test,bench]"
 {
   echo "# Exact versions installed by scripts/setup.sh (refresh with: make lock)."
   echo "# torch's local build tag (+cpu, +cu128, ...) is dropped so that any build of it qualifies."

@@ -1,4 +1,8 @@
-"""Tests for :mod:`diffusion_core.device`: seeding, thread count and device choice."""
+"""Tests for :mod:`diffusion_core.device`: seeding, thread count, device choice, the CUDA
+switches (TF32, autocast, compile) as far as a CPU can check them, and per-sample noise.
+
+The same switches on a GPU are tested in ``tests/test_cuda.py``.
+"""
 
 import random
 
@@ -6,7 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_core.device import DEFAULT_THREADS, DEVICE_ENV, get_device, seed_everything
+from diffusion_core.device import (
+    DEFAULT_THREADS,
+    DEVICE_ENV,
+    autocast_context,
+    get_device,
+    maybe_compile,
+    per_sample_noise,
+    sample_seeds,
+    seed_everything,
+    use_tf32,
+)
 
 
 @pytest.fixture
@@ -153,3 +167,153 @@ def test_garbage_device_names(name):
 def test_non_string_device_name():
     with pytest.raises(TypeError, match="^name must be a string"):
         get_device(0)
+
+
+# ------------------------------------------------------------------------- the CUDA switches
+
+
+@pytest.fixture
+def restore_tf32():
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_tf32_is_switched_for_cuda_devices_only(restore_tf32):
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    assert use_tf32("cpu") is False
+    assert not torch.backends.cuda.matmul.allow_tf32
+    # The flags are plain settings: they can be set (and read back) without a GPU.
+    assert use_tf32(torch.device("cuda")) is True
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert use_tf32("cuda:0", enabled=False) is True
+    assert not torch.backends.cuda.matmul.allow_tf32
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        use_tf32("cuda", enabled=1)
+    with pytest.raises(TypeError, match="device must be"):
+        use_tf32(0)
+
+
+def test_autocast_is_a_no_op_on_the_cpu():
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    for enabled in (True, False):
+        with autocast_context(torch.device("cpu"), enabled):
+            assert not torch.is_autocast_enabled("cpu")
+            assert (a @ b).dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be"):
+        autocast_context("cpu", dtype=torch.float32)
+    with pytest.raises(TypeError, match="enabled must be"):
+        autocast_context("cpu", enabled="yes")
+
+
+def test_maybe_compile_returns_the_net_or_a_compiled_view_of_it():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 3))
+    assert maybe_compile(net, False) is net
+    compiled = maybe_compile(net, True, backend="eager")  # "eager": no C++ build in unit tests
+    assert compiled is not net
+    assert [p.data_ptr() for p in compiled.parameters()] == [p.data_ptr() for p in net.parameters()]
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(compiled(x), net(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="net must be"):
+        maybe_compile(lambda x: x, True)
+    with pytest.raises(TypeError, match="enabled must be"):
+        maybe_compile(net, None)
+
+
+# ------------------------------------------------------------------------ per-sample noise
+
+
+def test_a_samples_noise_does_not_depend_on_the_batch_it_is_drawn_in():
+    small = per_sample_noise((4, 3, 5), sample_seeds(11, range(4)))
+    large = per_sample_noise((64, 3, 5), sample_seeds(11, range(64)))
+    assert torch.equal(small, large[:4])
+    # Any subset of indices, in any order, gets the same rows.
+    picked = [40, 2, 63]
+    assert torch.equal(per_sample_noise((3, 3, 5), sample_seeds(11, picked)), large[picked])
+    assert small.dtype == torch.float64 and small.device == torch.device("cpu")
+
+
+def test_per_sample_noise_is_standard_normal_and_independent_across_samples():
+    noise = per_sample_noise((4000, 2), sample_seeds(5, range(4000)), dtype=torch.float32)
+    assert noise.dtype == torch.float32
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
+    # Neighbouring indices get unrelated streams: no correlation between consecutive rows.
+    correlation = torch.corrcoef(torch.stack([noise[:-1, 0], noise[1:, 0]]))[0, 1]
+    assert abs(float(correlation)) < 0.05
+
+
+def test_sample_seeds_depend_on_the_base_seed_and_the_index_only():
+    seeds = sample_seeds(3, range(100))
+    assert len(set(seeds)) == 100 and all(0 <= s < 2**63 for s in seeds)
+    assert sample_seeds(3, torch.arange(5)) == seeds[:5]
+    assert set(sample_seeds(4, range(100))).isdisjoint(seeds)
+    with pytest.raises(ValueError, match="index must be in 0"):
+        sample_seeds(3, [-1])
+    with pytest.raises(ValueError, match="base_seed"):
+        sample_seeds(-3, [0])
+
+
+@pytest.mark.parametrize(
+    "shape, seeds, error, message",
+    [
+        ((2, 3), [1], ValueError, "one seed per sample"),
+        ((), [], ValueError, "at least one axis"),
+        ((0, 2), [], ValueError, "positive ints"),
+        ((2,), [1, -2], ValueError, "seed must be in 0"),
+    ],
+)
+def test_bad_per_sample_noise_arguments(shape, seeds, error, message):
+    with pytest.raises(error, match=message):
+        per_sample_noise(shape, seeds)
+
+
+# ------------------------------------------------- the training loop's device switches
+
+
+def _tiny_run(**changes):
+    from diffusion_core.analytic import default_mixture_2d
+    from diffusion_core.nets import MLPDenoiser
+    from diffusion_core.schedules import linear_schedule
+    from diffusion_core.train import TrainConfig, train
+
+    data = default_mixture_2d().sample(256, _gen(0)).float()
+    torch.manual_seed(0)
+    net = MLPDenoiser(hidden=16, depth=1, time_dim=8)
+    config = TrainConfig(**({"steps": 8, "batch_size": 32, "seed": 1} | changes))
+    result = train(net, data, linear_schedule(100), config, progress=False)
+    return result.losses, net
+
+
+def test_mixed_precision_changes_nothing_on_the_cpu(restore_tf32):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with_flag, net_a = _tiny_run(mixed_precision=True)
+    without, net_b = _tiny_run(mixed_precision=False)
+    assert with_flag == without
+    for a, b in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.backends.cuda.matmul.allow_tf32  # train on the CPU leaves TF32 alone
+
+
+def test_compile_flag_trains_through_the_compiled_net(monkeypatch):
+    import diffusion_core.train as train_module
+
+    calls = []
+
+    def eager_compile(net, enabled):
+        calls.append(enabled)
+        return maybe_compile(net, enabled, backend="eager")
+
+    monkeypatch.setattr(train_module, "maybe_compile", eager_compile)
+    compiled, net_a = _tiny_run(compile=True)
+    plain, net_b = _tiny_run(compile=False)
+    assert calls == [True, False]
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(plain), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mixed_precision", "compile"])
+def test_device_switches_of_the_config_must_be_booleans(name):
+    from diffusion_core.train import TrainConfig
+
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        TrainConfig(**{name: 1})

@@ -1,0 +1,358 @@
+"""Handwritten digits for the image chapters, and the scores that judge generated images.
+
+Data. The digits of scikit-learn (the UCI optical digits of Alpaydin & Kaynak 1998, shipped
+with the package: nothing is downloaded) are 1797 grey images of 8x8 pixels with values
+0..16, ten classes. :func:`load_digits_split` rescales them to [-1, 1] by x / 8 - 1 and splits
+them once, stratified by class, into a training set (80 %) and a held-out test set (20 %).
+
+Classifier. Image quality is measured in the feature space of a small convolutional network
+trained on the training split (:class:`DigitsClassifier`), as FID measures it in the features
+of an Inception network (Heusel et al. 2017). Its training is deterministic and takes a few
+seconds; :func:`digits_classifier` caches the weights on disk after the first run.
+
+Scores. :func:`image_scores` gives the Frechet distance between the feature statistics of
+generated and held-out real images and the k-NN precision and recall of Kynkaanniemi et al.
+(2019) (:mod:`diffusion_core.metrics`); :func:`real_floor` gives the same numbers for real
+training images against the same test set, the values a perfect generator would reach at that
+sample size. :func:`accuracy` is the classifier's accuracy on class-conditional samples.
+
+Models. :data:`DIGITS_MODELS` holds the configurations of the two denoisers of the book (a
+:class:`~diffusion_core.nets.UNet` trained on the training split with the simple eps-loss),
+trained by ``scripts/train_digits.py`` into ``checkpoints/``; :func:`load_digits_model` reads
+such a checkpoint back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from diffusion_core import metrics
+from diffusion_core._validation import check_float, check_positive_int
+from diffusion_core.nets import UNet
+from diffusion_core.schedules import Schedule, linear_schedule
+
+__all__ = [
+    "CACHE_ENV",
+    "CHECKPOINT_FORMAT",
+    "DIGITS_MODELS",
+    "IMAGE_SHAPE",
+    "NUM_CLASSES",
+    "DigitsClassifier",
+    "DigitsSplit",
+    "ImageScores",
+    "accuracy",
+    "build_net",
+    "classifier_features",
+    "digits_classifier",
+    "digits_schedule",
+    "image_scores",
+    "load_digits_model",
+    "load_digits_split",
+    "real_floor",
+    "train_classifier",
+]
+
+IMAGE_SHAPE = (1, 8, 8)
+NUM_CLASSES = 10
+CACHE_ENV = "DIFFUSION_CACHE"
+CHECKPOINT_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """Training and test images (n, 1, 8, 8), float32 in [-1, 1], with int64 labels (n,)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
+    """The digits rescaled to [-1, 1] and split, stratified by class, with a fixed seed.
+
+    With the defaults: 1437 training and 360 test images, each class within one image of its
+    share in both parts.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    check_positive_int("seed", seed, minimum=0)
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    labels = torch.as_tensor(digits.target, dtype=torch.int64)
+    train, test = train_test_split(
+        torch.arange(len(labels)).numpy(),
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=labels.numpy(),
+    )
+    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    return DigitsSplit(images[train], labels[train], images[test], labels[test])
+
+
+# ------------------------------------------------------------------------------- classifier
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN for 8x8 digits: two convolutions, a 64-unit feature layer, ten logits.
+
+        conv3x3(1 -> 16) silu, conv3x3 stride 2 (16 -> 32) silu, linear(512 -> 64) silu,
+        linear(64 -> 10)
+
+    :meth:`features` returns the 64 activations before the last layer, the space in which
+    generated and real images are compared.
+    """
+
+    FEATURES = 64
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.hidden = nn.Linear(32 * 4 * 4, self.FEATURES)
+        self.head = nn.Linear(self.FEATURES, NUM_CLASSES)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.conv2(F.silu(self.conv1(x))))
+        return F.silu(self.hidden(h.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+_CLASSIFIER_DEFAULTS = {"steps": 600, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4}
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run on one CPU thread (float sums then round the same way on every machine), then
+    restore the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int = 0,
+    steps: int = _CLASSIFIER_DEFAULTS["steps"],
+    batch_size: int = _CLASSIFIER_DEFAULTS["batch_size"],
+    lr: float = _CLASSIFIER_DEFAULTS["lr"],
+    weight_decay: float = _CLASSIFIER_DEFAULTS["weight_decay"],
+) -> DigitsClassifier:
+    """Train a :class:`DigitsClassifier` with AdamW and the cross-entropy loss, on one thread.
+
+    Deterministic: the initial weights come from ``seed`` (the global random state is left as
+    it was) and the minibatches (drawn with replacement) from a generator seeded with it. The
+    result is in eval mode without gradients.
+    """
+    images = check_float("images", images).float()
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
+    with _one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        classifier = DigitsClassifier()
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+        for _ in range(steps):
+            index = torch.randint(len(images), (batch_size,), generator=generator)
+            loss = F.cross_entropy(classifier(images[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return classifier.eval().requires_grad_(False)
+
+
+def _cache_dir(cache_dir) -> pathlib.Path:
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return pathlib.Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "diffusion_core"
+
+
+def digits_classifier(
+    split: DigitsSplit | None = None, cache_dir: str | os.PathLike | None = None
+) -> DigitsClassifier:
+    """The classifier of :func:`train_classifier` on ``split``'s training set (default split).
+
+    The weights are cached in ``cache_dir`` (default ``$DIFFUSION_CACHE``, else
+    ``~/.cache/diffusion_core``) under a name that hashes the training data, the settings and
+    the torch version, so a cached copy is only ever the result of the same computation. Training
+    runs on one thread, so the cached and a fresh classifier agree bit for bit on a given
+    machine. If the cache cannot be written, the classifier is returned all the same.
+    """
+    split = load_digits_split() if split is None else split
+    key = hashlib.sha256()
+    key.update(json.dumps({**_CLASSIFIER_DEFAULTS, "torch": torch.__version__}).encode())
+    for tensor in (split.train_images, split.train_labels):
+        key.update(tensor.contiguous().numpy().tobytes())
+    path = _cache_dir(cache_dir) / f"digits_classifier_{key.hexdigest()[:16]}.pt"
+    classifier = DigitsClassifier()
+    if path.is_file():
+        with contextlib.suppress(Exception):  # an unreadable cache is retrained below
+            classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return classifier.eval().requires_grad_(False)
+    classifier = train_classifier(split.train_images, split.train_labels)
+    with contextlib.suppress(OSError):
+        from diffusion_core.train import save_checkpoint  # atomic write
+
+        save_checkpoint(path, classifier.state_dict())
+    return classifier
+
+
+@torch.no_grad()
+def classifier_features(classifier: DigitsClassifier, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's feature vectors of ``images`` (n, 1, 8, 8), as float64 (n, 64)."""
+    images = _check_images("images", images)
+    return classifier.features(images.float()).double()
+
+
+@torch.no_grad()
+def accuracy(classifier: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of ``images`` that the classifier assigns to ``labels``."""
+    images = _check_images("images", images)
+    predicted = classifier(images.float()).argmax(dim=1)
+    return float((predicted == labels.to(predicted.device)).double().mean())
+
+
+def _check_images(name: str, images) -> torch.Tensor:
+    images = check_float(name, images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise ValueError(f"{name} must have shape (n, 1, 8, 8), got {tuple(images.shape)}")
+    return images
+
+
+# ----------------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Frechet distance (lower is better), k-NN precision and recall (higher is better)."""
+
+    frechet: float
+    precision: float
+    recall: float
+
+    def __str__(self) -> str:
+        return f"FD {self.frechet:.2f}, precision {self.precision:.2f}, recall {self.recall:.2f}"
+
+
+def image_scores(
+    images: torch.Tensor, reference: torch.Tensor, classifier: DigitsClassifier, k: int = 3
+) -> ImageScores:
+    """Scores of ``images`` against ``reference`` images, both (n, 1, 8, 8), in the classifier's
+    feature space: :func:`~diffusion_core.metrics.frechet_distance` and
+    :func:`~diffusion_core.metrics.knn_precision_recall` (real = ``reference``)."""
+    fake = classifier_features(classifier, images)
+    real = classifier_features(classifier, reference)
+    precision, recall = metrics.knn_precision_recall(real, fake, k)
+    return ImageScores(float(metrics.frechet_distance(fake, real)), float(precision), float(recall))
+
+
+def real_floor(
+    split: DigitsSplit,
+    classifier: DigitsClassifier,
+    n: int,
+    repeats: int = 5,
+    generator: torch.Generator | None = None,
+    k: int = 3,
+) -> tuple[ImageScores, ImageScores]:
+    """What a perfect generator would score with ``n`` samples: real training images against
+    the test set.
+
+    Draws ``repeats`` subsets of n training images (without replacement) and scores each
+    against the whole test set with :func:`image_scores`. Returns the mean and the standard
+    deviation of the scores over the subsets. A generator is judged by its distance to this
+    floor, not to zero: even real images have FD > 0 from a finite test set.
+    """
+    n = check_positive_int("n", n, minimum=k + 1, maximum=len(split.train_images))
+    repeats = check_positive_int("repeats", repeats, minimum=2)
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
+    runs = []
+    for _ in range(repeats):
+        subset = torch.randperm(len(split.train_images), generator=generator)[:n]
+        scores = image_scores(split.train_images[subset], split.test_images, classifier, k)
+        runs.append([scores.frechet, scores.precision, scores.recall])
+    runs = torch.tensor(runs, dtype=torch.float64)
+    mean, std = runs.mean(0).tolist(), runs.std(0).tolist()
+    return ImageScores(*mean), ImageScores(*std)
+
+
+# ----------------------------------------------------------------------------------- models
+
+
+DIGITS_MODELS = {
+    "unconditional": {
+        "net": {"channels": [16, 32, 64], "blocks": 1, "attention": True, "num_classes": None},
+        "train": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "ema_decay": 0.999, "seed": 0},
+        "init_seed": 0,
+    },
+    "conditional": {
+        "net": {
+            "channels": [16, 32, 64],
+            "blocks": 1,
+            "attention": True,
+            "num_classes": NUM_CLASSES,
+        },
+        "train": {
+            "steps": 3000,
+            "batch_size": 128,
+            "lr": 1e-3,
+            "ema_decay": 0.999,
+            "seed": 1,
+            "label_dropout": 0.2,
+            "null_label": NUM_CLASSES,
+        },
+        "init_seed": 1,
+    },
+}
+"""The two denoisers of the book: network, training settings (:class:`TrainConfig` fields) and
+the seed of the initial weights. Both predict eps under :func:`digits_schedule`."""
+
+
+def digits_schedule() -> Schedule:
+    """The noise schedule of the digits models: DDPM's linear schedule, T = 1000."""
+    return linear_schedule(1000)
+
+
+def build_net(net_config: dict) -> UNet:
+    """A :class:`~diffusion_core.nets.UNet` for 8x8 grey images from a ``"net"`` entry of
+    :data:`DIGITS_MODELS` (its weights are drawn from the global random state)."""
+    config = dict(net_config)
+    return UNet(in_channels=1, channels=tuple(config.pop("channels")), **config)
+
+
+def load_digits_model(path: str | os.PathLike) -> tuple[UNet, dict]:
+    """The EMA network of a checkpoint written by ``scripts/train_digits.py``, and its metadata.
+
+    Read with ``torch.load(weights_only=True)`` (data only, never code). The network is in eval
+    mode without gradients; the metadata holds everything in the file except the weights.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a digits checkpoint of format {CHECKPOINT_FORMAT}")
+    with torch.random.fork_rng(devices=[]):
+        net = build_net(state["net"])
+    net.load_state_dict(state["ema"])
+    metadata = {key: value for key, value in state.items() if key != "ema"}
+    return net.eval().requires_grad_(False), metadata
