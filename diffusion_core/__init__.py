@@ -11,7 +11,9 @@ Modules, in the order data flows through them:
 - :mod:`~diffusion_core.nets`, :mod:`~diffusion_core.losses`, :mod:`~diffusion_core.train`:
   networks, training objectives and a reproducible training loop;
 - :mod:`~diffusion_core.samplers`: samplers with one shared signature over an explicit time grid;
-- :mod:`~diffusion_core.metrics`: distances between distributions;
+- :mod:`~diffusion_core.metrics`: distances between distributions, image-quality scores;
+- :mod:`~diffusion_core.images`: the digits data, the classifier behind the image scores, and
+  the book's trained digits denoisers;
 - :mod:`~diffusion_core.stability`: exact variance and error propagation, precision studies,
   clipping and thresholding;
 - :mod:`~diffusion_core.autoencoder`, :mod:`~diffusion_core.text`: the latent autoencoder and the

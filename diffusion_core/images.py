@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import pathlib
@@ -196,14 +197,18 @@ def digits_classifier(
     """The classifier of :func:`train_classifier` on ``split``'s training set (default split).
 
     The weights are cached in ``cache_dir`` (default ``$DIFFUSION_CACHE``, else
-    ``~/.cache/diffusion_core``) under a name that hashes the training data, the settings and
-    the torch version, so a cached copy is only ever the result of the same computation. Training
-    runs on one thread, so the cached and a fresh classifier agree bit for bit on a given
-    machine. If the cache cannot be written, the classifier is returned all the same.
+    ``~/.cache/diffusion_core``) under a name that hashes the training data, the settings, the
+    source code of the network and of its training, and the torch version, so a cached copy is
+    only ever the result of the same computation. Training runs on one thread, so the cached
+    and a fresh classifier agree bit for bit on a given machine. If the cache cannot be written,
+    the classifier is returned all the same.
     """
     split = load_digits_split() if split is None else split
     key = hashlib.sha256()
-    key.update(json.dumps({**_CLASSIFIER_DEFAULTS, "torch": torch.__version__}).encode())
+    key.update(json.dumps({**_CLASSIFIER_DEFAULTS, "torch": str(torch.__version__)}).encode())
+    for code in (DigitsClassifier, train_classifier):  # a changed network or recipe: a new name
+        with contextlib.suppress(OSError, TypeError):
+            key.update(inspect.getsource(code).encode())
     for tensor in (split.train_images, split.train_labels):
         key.update(tensor.contiguous().numpy().tobytes())
     path = _cache_dir(cache_dir) / f"digits_classifier_{key.hexdigest()[:16]}.pt"

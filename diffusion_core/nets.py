@@ -1,12 +1,15 @@
-"""Small denoising networks: a sinusoidal time embedding and an MLP for low-dimensional data.
+"""Small denoising networks: a sinusoidal time embedding, an MLP for low-dimensional data and a
+U-Net for images.
 
-A denoiser takes a noised batch ``x`` of shape (n, d) and the time ``t`` of each sample and
-returns one prediction per sample, shaped like ``x``: the noise eps, the clean data x0 or the
-velocity v, depending on the loss it is trained with (:mod:`diffusion_core.losses`). Time enters
-through a sinusoidal embedding, so that nearby times get similar codes while distant ones stay
-distinguishable.
+A denoiser takes a noised batch ``x`` of shape (n, d) or (n, C, H, W) and the time ``t`` of each
+sample and returns one prediction per sample, shaped like ``x``: the noise eps, the clean data x0
+or the velocity v, depending on the loss it is trained with (:mod:`diffusion_core.losses`). Time
+enters through a sinusoidal embedding, so that nearby times get similar codes while distant ones
+stay distinguishable; the U-Net can also take a class label, with a "null" class for
+classifier-free guidance. :func:`count_flops` and :func:`describe` give a network's cost.
 
-Trained by :func:`diffusion_core.train.train`; the 2-D chapters use :class:`MLPDenoiser`.
+Trained by :func:`diffusion_core.train.train`; the 2-D chapters use :class:`MLPDenoiser`, the
+image chapters :class:`UNet`.
 """
 
 from __future__ import annotations
