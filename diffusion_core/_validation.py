@@ -67,6 +67,19 @@ def check_positive_int(name: str, n, minimum: int = 1, maximum: int | None = Non
     return n
 
 
+def check_shape(name: str, shape) -> tuple[int, ...]:
+    """A tensor shape with a leading batch axis: an int or a sequence of positive ints."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple | list | torch.Size) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
+    ):
+        raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
+    if len(shape) < 1:
+        raise ValueError(f"{name} must have at least one axis (the batch)")
+    return tuple(shape)
+
+
 def check_batch(name: str, x: torch.Tensor, batch: int, other: str) -> None:
     """``x`` must hold one entry per sample of a batch of size ``batch``, or a single entry."""
     if x.ndim > 1 or (x.ndim == 1 and x.shape[0] not in (1, batch)):

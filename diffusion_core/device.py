@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion_core._validation import check_positive_int
+from diffusion_core._validation import check_positive_int, check_shape
 
 DEVICE_ENV = "DIFFUSION_DEVICE"
 DEFAULT_THREADS = 1
@@ -164,14 +164,7 @@ def per_sample_noise(
     Mersenne Twister): for the same noise on both devices, draw on the CPU and copy.
     One small draw per sample: meant for the sampler's starting noise, not for every step.
     """
-    if isinstance(shape, int) and not isinstance(shape, bool):
-        shape = (shape,)
-    if not isinstance(shape, tuple | list | torch.Size) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
-    ):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    if len(shape) < 1:
-        raise ValueError("shape must have at least one axis (the batch)")
+    shape = check_shape("shape", shape)
     seeds = list(seeds)
     if len(seeds) != shape[0]:
         raise ValueError(f"seeds must hold one seed per sample ({shape[0]}), got {len(seeds)}")

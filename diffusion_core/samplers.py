@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_core._validation import check_float, check_positive_int
+from diffusion_core._validation import check_float, check_positive_int, check_shape
 from diffusion_core.analytic import GaussianMixture
 from diffusion_core.schedules import VESDE, VPSDE, Schedule, karras_sigmas, timestep_spacing
 
@@ -245,7 +245,7 @@ def prior_sample(grid: TimeGrid, shape, generator: torch.Generator | None = None
     """
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-    shape = _check_shape(shape)
+    shape = check_shape("shape", shape)
     generator = _check_generator(generator)
     device = grid.std.device if generator is None else generator.device
     z = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
@@ -253,18 +253,6 @@ def prior_sample(grid: TimeGrid, shape, generator: torch.Generator | None = None
 
 
 # ------------------------------------------------------------------------- shared parts
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, int) and not isinstance(shape, bool):
-        shape = (shape,)
-    if not isinstance(shape, tuple | list | torch.Size) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
-    ):
-        raise ValueError(f"shape must be a tuple of positive ints, got {shape!r}")
-    if len(shape) < 1:
-        raise ValueError("shape must have at least one axis (the batch)")
-    return tuple(shape)
 
 
 def _check_generator(generator):
