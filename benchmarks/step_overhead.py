@@ -32,6 +32,7 @@ PAIRS = {  # algorithm: (our sampler, diffusers scheduler class)
     "Euler": ("euler", "EulerDiscreteScheduler"),
     "Heun": ("heun", "HeunDiscreteScheduler"),
     "DPM-Solver++(2M)": ("dpm_solver_pp_2m", "DPMSolverMultistepScheduler"),
+    "UniPC": ("unipc", "UniPCMultistepScheduler"),
 }
 
 

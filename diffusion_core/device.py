@@ -8,7 +8,8 @@ The CUDA path uses the same code as the CPU path, with three switches that matte
 TF32 matrix products (:func:`use_tf32`), bfloat16 autocast for the network's forward pass
 (:func:`autocast_context`) and, optionally, ``torch.compile`` (:func:`maybe_compile`). Each is a
 no-op on the CPU. Sampler arithmetic stays float64 on both devices. :func:`per_sample_noise`
-gives every sample its own random stream, so that a sample's noise does not depend on how the
+and :func:`per_sample_generators` give every sample its own random stream, so that a sample's
+starting noise, and with a stochastic sampler its whole path, does not depend on how the
 samples are batched (or spread over GPUs, :mod:`diffusion_core.distributed`).
 """
 
@@ -152,32 +153,89 @@ def sample_seeds(base_seed: int, indices) -> list[int]:
     return seeds
 
 
+def per_sample_generators(seeds, device: str | torch.device | None = None) -> list[torch.Generator]:
+    """One generator per sample, generator i seeded with ``seeds[i]``, on ``device`` (the CPU
+    by default; a CUDA generator on a GPU).
+
+    Passed to a sampler as its ``generator`` (a list of n generators for a batch of n), every
+    random draw takes row i from generator i, so that a sample's whole path, not only its
+    starting noise, is the same whatever batch it is drawn in. CUDA and CPU generators are
+    different algorithms (Philox and the Mersenne Twister): the same seeds give different
+    numbers on the two devices.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    generators = []
+    for seed in seeds:
+        check_positive_int("seed", seed, minimum=0, maximum=2**64 - 1)
+        generators.append(torch.Generator(device=device).manual_seed(seed))
+    if not generators:
+        raise ValueError("seeds must hold at least one seed")
+    return generators
+
+
+def check_generator(generator, batch: int, device: str | torch.device):
+    """Validate a random source for a batch of ``batch`` samples on ``device``: None (torch's
+    global generator), one ``torch.Generator``, or a list or tuple of ``batch`` of them (one per
+    sample, :func:`per_sample_generators`), on ``device``'s type. Returns it unchanged."""
+    if generator is None:
+        return None
+    many = isinstance(generator, list | tuple)
+    for g in generator if many else [generator]:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(
+                "generator must be a torch.Generator, a list of one per sample, or None, got "
+                f"{type(g).__name__}"
+            )
+        if g.device.type != torch.device(device).type:
+            raise ValueError(
+                f"generator must be on the device of the samples ({torch.device(device).type}), "
+                f"got a {g.device.type} generator"
+            )
+    if many and len(generator) != batch:
+        raise ValueError(
+            f"generator must hold one generator per sample ({batch}), got {len(generator)}"
+        )
+    return generator
+
+
+def standard_normal(
+    shape,
+    generator=None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """N(0, I) noise of ``shape`` = (n, ...): ``torch.randn`` from one generator, or, from a list
+    of n generators (:func:`per_sample_generators`), row i from generator i, so that a sample's
+    noise does not depend on the batch it is drawn in. ``device``: the generators' by default.
+    """
+    shape = check_shape("shape", shape)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+    if device is None:
+        first = generator[0] if isinstance(generator, list | tuple) and generator else generator
+        device = first.device if isinstance(first, torch.Generator) else torch.device("cpu")
+    generator = check_generator(generator, shape[0], device)
+    if not isinstance(generator, list | tuple):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    for row, g in zip(out, generator, strict=True):
+        row.normal_(generator=g)
+    return out
+
+
 def per_sample_noise(
     shape, seeds, device: str | torch.device | None = None, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
-    """Standard normal noise of ``shape`` = (n, ...), row i drawn from its own generator.
-
-    ``seeds`` holds n integers (e.g. from :func:`sample_seeds`); row i is
-    ``torch.randn(shape[1:])`` from a generator seeded with ``seeds[i]``, created on ``device``
-    (a CUDA generator on a GPU, a CPU one on the CPU). So a sample's noise does not depend on
-    the batch it is drawn in. CUDA and CPU generators are different algorithms (Philox and the
-    Mersenne Twister): for the same noise on both devices, draw on the CPU and copy.
-    One small draw per sample: meant for the sampler's starting noise, not for every step.
+    """Standard normal noise of ``shape`` = (n, ...), row i drawn from a generator of its own
+    seeded with ``seeds[i]`` (e.g. from :func:`sample_seeds`), on ``device``: a sample's noise
+    does not depend on the batch it is drawn in. For the same noise on a GPU and a CPU, draw on
+    the CPU and copy (see :func:`per_sample_generators`).
     """
     shape = check_shape("shape", shape)
     seeds = list(seeds)
     if len(seeds) != shape[0]:
         raise ValueError(f"seeds must hold one seed per sample ({shape[0]}), got {len(seeds)}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    out = torch.empty(tuple(shape), dtype=dtype, device=device)
-    generator = torch.Generator(device=device)
-    for row, seed in zip(out, seeds, strict=True):
-        check_positive_int("seed", seed, minimum=0, maximum=2**64 - 1)
-        generator.manual_seed(seed)
-        row.normal_(generator=generator)
-    return out
+    return standard_normal(shape, per_sample_generators(seeds, device), dtype)
 
 
 def _device_type(device) -> str:

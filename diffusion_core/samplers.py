@@ -11,9 +11,15 @@ Every sampler is a pure function with one signature,
   x = std_0 * z, z ~ N(0, I).
 - ``grid`` is a :class:`TimeGrid`: model times and the (scale, std) of x_t = scale x0 + std eps
   at each point, from noisy to clean (:func:`schedule_grid`, :func:`sde_grid`).
-- ``generator`` is the random source of the stochastic samplers (None: torch's global one). Each
-  random draw is ``torch.randn(x.shape, generator=generator, dtype=torch.float64)`` on x's
-  device, so that a notebook can replay it.
+- ``generator`` is the random source of the stochastic samplers: None (torch's global one), a
+  ``torch.Generator`` on x's device, or a list of one generator per sample
+  (:func:`diffusion_core.device.per_sample_generators`), which makes every sample's path
+  independent of the batch it is drawn in. Each draw is ``torch.randn(x.shape,
+  generator=generator)`` on x's device (row by row from a list), in the caller's precision: the
+  dtype of the input x, or float32 for a half-precision input. A float64 caller gets float64
+  noise; a float32 caller, whose result is float32, gets float32 noise, which is four times
+  faster to draw on a CPU and loses nothing it could keep. The draws then join the float64
+  state, so that a notebook can replay them.
 - ``callback(i, x, x0_hat)``, if given, sees the float64 state after step i and the denoiser
   output used in that step: a whole trajectory at no extra cost.
 
@@ -58,6 +64,7 @@ import torch
 
 from diffusion_core._validation import check_float, check_positive_int, check_shape
 from diffusion_core.analytic import GaussianMixture
+from diffusion_core.device import check_generator, standard_normal
 from diffusion_core.schedules import VESDE, VPSDE, Schedule, karras_sigmas, timestep_spacing
 
 __all__ = [
@@ -78,6 +85,7 @@ __all__ = [
     "schedule_grid",
     "sde_grid",
     "sigma_grid",
+    "unipc",
 ]
 
 GRID_KINDS = ("uniform", "karras")
@@ -241,26 +249,19 @@ def prior_sample(grid: TimeGrid, shape, generator: torch.Generator | None = None
 
     It approximates the marginal N(scale_0 x0, std_0^2 I) at the first grid point by dropping
     the signal scale_0 x0, which is exact at zero terminal SNR and small otherwise (the DDPM
-    linear schedule keeps scale_T = 0.006). The device is the generator's, else the grid's.
+    linear schedule keeps scale_T = 0.006). ``generator``: None, one generator, or one per
+    sample (row i of z from generator i). The device is the generators', else the grid's.
     """
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     shape = check_shape("shape", shape)
-    generator = _check_generator(generator)
-    device = grid.std.device if generator is None else generator.device
-    z = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
+    first = generator[0] if isinstance(generator, list | tuple) and generator else generator
+    device = first.device if isinstance(first, torch.Generator) else grid.std.device
+    z = standard_normal(shape, generator, torch.float64, device)
     return grid.std[0].to(device) * z
 
 
 # ------------------------------------------------------------------------- shared parts
-
-
-def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
-    return generator
 
 
 def _check_call(model, x, grid, generator, callback) -> torch.dtype:
@@ -274,7 +275,7 @@ def _check_call(model, x, grid, generator, callback) -> torch.dtype:
         raise ValueError("x must have a batch axis, shape (n, ...), got shape ()")
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-    _check_generator(generator)
+    check_generator(generator, x.shape[0], x.device)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable as callback(i, x, x0_hat) or None")
     return x.dtype
@@ -306,8 +307,22 @@ def _denoise(model, x: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> tor
     return x0_hat.to(torch.float64)
 
 
-def _noise(x: torch.Tensor, generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+def _noise(x: torch.Tensor, generator, dtype: torch.dtype) -> torch.Tensor:
+    """N(0, I) noise of x's shape on x's device, drawn in the caller's precision ``dtype`` (at
+    least float32, see the module's docstring) and returned in float64."""
+    precision = torch.promote_types(dtype, torch.float32)
+    return standard_normal(x.shape, generator, precision, x.device).to(torch.float64)
+
+
+def _affine(*terms) -> torch.Tensor:
+    """sum_j c_j v_j over the pairs (c_j, v_j) with c_j != 0 (v_j may be None where c_j = 0):
+    one multiply and then one fused multiply-add per term, into a new float64 tensor (the v_j
+    are left alone). At least one c_j must be non-zero, and its v_j float64."""
+    out = None
+    for c, v in terms:
+        if c != 0:
+            out = c * v if out is None else out.add_(v, alpha=c)
+    return out
 
 
 def _posterior(grid: TimeGrid) -> list[tuple[float, float, float]]:
@@ -355,9 +370,8 @@ def ddpm(model, x, grid, generator=None, callback=None, variance="beta_tilde"):
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i, (c_x0, c_xt, _) in enumerate(posterior):
         x0_hat = _denoise(model, x, times[i], dtype)
-        x = c_x0 * x0_hat + c_xt * x
-        if noise_std[i] > 0:
-            x = x + noise_std[i] * _noise(x, generator)
+        z = _noise(x, generator, dtype) if noise_std[i] > 0 else None
+        x = _affine((c_x0, x0_hat), (c_xt, x), (noise_std[i], z))
         if callback is not None:
             callback(i, x, x0_hat)
     return x.to(dtype)
@@ -370,20 +384,25 @@ def ddim(model, x, grid, generator=None, callback=None, eta=0.0):
         eps_hat = (x_t - scale_t x0_hat) / std_t,
 
     with sigma_eta = eta beta_tilde^(1/2) (their Eq. 16). ``eta = 0`` is deterministic (and equal
-    to :func:`euler`); ``eta = 1`` is :func:`ddpm` with the beta_tilde variance.
+    to :func:`euler`, to the last bit); ``eta = 1`` is :func:`ddpm` with the beta_tilde variance.
+    The loop gathers the step by x and x0_hat, x_s = (c_eps / std_t) x_t + (scale_s - c_eps
+    scale_t / std_t) x0_hat + sigma_eta z with c_eps = (std_s^2 - sigma_eta^2)^(1/2).
     """
     dtype = _check_call(model, x, grid, generator, callback)
     eta = _check_real("eta", eta, 0.0, 1.0)
     a, s = grid.scale.tolist(), grid.std.tolist()
     sigma_eta = [eta * math.sqrt(beta_tilde) for _, _, beta_tilde in _posterior(grid)]
-    c_eps = [math.sqrt(max(s[i + 1] ** 2 - sigma_eta[i] ** 2, 0.0)) for i in range(grid.steps)]
+    c_eps = [
+        s[i + 1] if sigma_eta[i] == 0 else math.sqrt(max(s[i + 1] ** 2 - sigma_eta[i] ** 2, 0.0))
+        for i in range(grid.steps)
+    ]
+    c_x = [c_eps[i] / s[i] for i in range(grid.steps)]
+    c_d = [a[i + 1] - a[i] * c_eps[i] / s[i] for i in range(grid.steps)]
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i in range(grid.steps):
         x0_hat = _denoise(model, x, times[i], dtype)
-        eps_hat = (x - a[i] * x0_hat) / s[i]
-        x = a[i + 1] * x0_hat + c_eps[i] * eps_hat
-        if sigma_eta[i] > 0:
-            x = x + sigma_eta[i] * _noise(x, generator)
+        z = _noise(x, generator, dtype) if sigma_eta[i] > 0 else None
+        x = _affine((c_d[i], x0_hat), (c_x[i], x), (sigma_eta[i], z))
         if callback is not None:
             callback(i, x, x0_hat)
     return x.to(dtype)
@@ -411,7 +430,7 @@ def euler(model, x, grid, generator=None, callback=None):
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i, (c_x, c_d) in enumerate(steps):
         x0_hat = _denoise(model, x, times[i], dtype)
-        x = c_x * x + c_d * x0_hat
+        x = _affine((c_d, x0_hat), (c_x, x))
         if callback is not None:
             callback(i, x, x0_hat)
     return x.to(dtype)
@@ -422,27 +441,39 @@ def heun(model, x, grid, generator=None, callback=None):
     churn): an Euler step to sigma', then the average of the slopes d_cur at sigma and d_prime
     at sigma'. Two model calls per step, except where the step is Euler's: the last step onto
     sigma' = 0 (Alg. 1, line 8) and a first step from sigma = inf (zero terminal SNR).
+
+    In y = x / scale, with D = x0_hat at (y, sigma) and D' at the Euler point y_E = D + (sigma' /
+    sigma) (y - D), the slopes are d_cur = (y - D) / sigma and d_prime = (y_E - D') / sigma' =
+    d_cur + (D - D') / sigma', so the averaged step is y' = y + (sigma' - sigma) (d_cur + d_prime)
+    / 2 = y_E + (sigma' - sigma) / (2 sigma') (D - D'). In x:
+
+        x' = x_E + r (D - D'),  r = scale' (sigma' - sigma) / (2 sigma'),
+
+    Euler's step plus a correction by the change of the denoiser's output along it.
     """
     dtype = _check_call(model, x, grid, generator, callback)
     a, sigma = grid.scale.tolist(), grid.sigma.tolist()
     steps = _euler_coefficients(grid)
-    second_order = [math.isfinite(sigma[i]) and sigma[i + 1] > 0 for i in range(grid.steps)]
+    r = [  # 0 where the step is Euler's
+        a[i + 1] * (sigma[i + 1] - sigma[i]) / (2 * sigma[i + 1])
+        if math.isfinite(sigma[i]) and sigma[i + 1] > 0
+        else 0.0
+        for i in range(grid.steps)
+    ]
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i, (c_x, c_d) in enumerate(steps):
         x0_hat = _denoise(model, x, times[i], dtype)
-        x_next = c_x * x + c_d * x0_hat
-        if second_order[i]:
-            y, y_next = x / a[i], x_next / a[i + 1]
-            d_cur = (y - x0_hat) / sigma[i]
-            d_prime = (y_next - _denoise(model, x_next, times[i + 1], dtype)) / sigma[i + 1]
-            x_next = a[i + 1] * (y + (sigma[i + 1] - sigma[i]) * (0.5 * d_cur + 0.5 * d_prime))
+        x_next = _affine((c_d, x0_hat), (c_x, x))
+        if r[i] != 0:
+            x0_next = _denoise(model, x_next, times[i + 1], dtype)
+            x_next = torch.add(x_next, x0_hat - x0_next, alpha=r[i])
         x = x_next
         if callback is not None:
             callback(i, x, x0_hat)
     return x.to(dtype)
 
 
-def _reverse_sde_step(y, x0_hat, sigma, sigma_next, generator):
+def _reverse_sde_step(y, x0_hat, sigma, sigma_next, generator, dtype):
     """One Euler-Maruyama step of the reverse SDE in y = x / scale from sigma to sigma_next:
     y' = y + (sigma^2 - sigma'^2) score + (sigma^2 - sigma'^2)^(1/2) z, score = (x0_hat - y) /
     sigma^2; onto sigma' = 0 it returns x0_hat (the final-step policy)."""
@@ -450,7 +481,7 @@ def _reverse_sde_step(y, x0_hat, sigma, sigma_next, generator):
         return x0_hat
     variance = sigma**2 - sigma_next**2
     score = (x0_hat - y) / sigma**2
-    return y + variance * score + math.sqrt(variance) * _noise(y, generator)
+    return y + variance * score + math.sqrt(variance) * _noise(y, generator, dtype)
 
 
 def euler_maruyama(model, x, grid, generator=None, callback=None):
@@ -467,7 +498,7 @@ def euler_maruyama(model, x, grid, generator=None, callback=None):
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i in range(grid.steps):
         x0_hat = _denoise(model, x, times[i], dtype)
-        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator)
+        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator, dtype)
         x = a[i + 1] * y
         if callback is not None:
             callback(i, x, x0_hat)
@@ -485,7 +516,9 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
     the per-sample norms of a low-dimensional vector do not concentrate, and a sample that sits
     where the score is small would take a huge step. In y = x / scale this one rule serves VE
     and VP alike (a Langevin step with this step size is unchanged by rescaling x; Alg. 5's
-    factor alpha_i ~ 1 is left out). Needs a finite sigma_0.
+    factor alpha_i ~ 1 is left out). Needs a finite sigma_0. Because the step size is set by
+    the whole batch, a sample's path depends on the batch it is drawn in even with one generator
+    per sample, unlike the other stochastic samplers.
     """
     dtype = _check_call(model, x, grid, generator, callback)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
@@ -495,10 +528,10 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i in range(grid.steps):
         x0_hat = _denoise(model, x, times[i], dtype)
-        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator)
+        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator, dtype)
         for _ in range(corrector_steps if sigma[i + 1] > 0 else 0):
             g = (_denoise(model, a[i + 1] * y, times[i + 1], dtype) - y) / sigma[i + 1] ** 2
-            z = _noise(y, generator)
+            z = _noise(y, generator, dtype)
             e = 2 * (snr * _rms_norm(z) / _rms_norm(g)) ** 2
             y = y + e * g + (2 * e).sqrt() * z
         x = a[i + 1] * y
@@ -526,21 +559,103 @@ def dpm_solver_pp_2m(model, x, grid, generator=None, callback=None):
     h (from zero SNR) and on the last step onto std = 0.
     """
     dtype = _check_call(model, x, grid, generator, callback)
-    s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
-    h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
-    weight = [  # 1 / (2 r_i) on second-order steps, 0 on first-order ones
-        h[i] / (2 * h[i - 1]) if i > 0 and math.isfinite(h[i - 1]) and s[i + 1] > 0 else 0.0
-        for i in range(grid.steps)
-    ]
+    steps = _multistep_coefficients(grid)
     times, x, x0_prev = grid.t.unbind(), x.to(torch.float64), None
-    for i in range(grid.steps):
+    for i, (c_x, c_0, c_1) in enumerate(steps):
         x0_hat = _denoise(model, x, times[i], dtype)
-        d = x0_hat if weight[i] == 0 else (1 + weight[i]) * x0_hat - weight[i] * x0_prev
-        x = (s[i + 1] / s[i]) * x - a[i + 1] * math.expm1(-h[i]) * d
+        x = _affine((c_x, x), (c_0, x0_hat), (c_1, x0_prev))
         x0_prev = x0_hat
         if callback is not None:
             callback(i, x, x0_hat)
     return x.to(dtype)
+
+
+def _multistep_coefficients(grid: TimeGrid) -> list[tuple[float, float, float]]:
+    """Per step i, (c_x, c_0, c_1) with x_{i+1} = c_x x_i + c_0 x0_hat_i + c_1 x0_hat_{i-1}: the
+    step of :func:`dpm_solver_pp_2m`, c_x = std_{i+1} / std_i, c_0 = -scale_{i+1} expm1(-h_i)
+    (1 + w_i), c_1 = scale_{i+1} expm1(-h_i) w_i with w_i = 1 / (2 r_i) = h_i / (2 h_{i-1}) on
+    second-order steps and 0 on first-order ones."""
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
+    h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
+    steps = []
+    for i in range(grid.steps):
+        w = h[i] / (2 * h[i - 1]) if _second_order_step(i, h, s) else 0.0
+        c_d = -a[i + 1] * math.expm1(-h[i])  # the first-order (DDIM) coefficient of x0_hat
+        steps.append((s[i + 1] / s[i], c_d * (1 + w), -c_d * w))
+    return steps
+
+
+def _second_order_step(i: int, h: list[float], s: list[float]) -> bool:
+    """Whether multistep step i uses the previous output: not on the first step, after a step of
+    infinite h (from zero SNR) or on the last step onto std = 0."""
+    return i > 0 and math.isfinite(h[i - 1]) and s[i + 1] > 0
+
+
+def unipc(model, x, grid, generator=None, callback=None):
+    """UniPC (Zhao et al. 2023) of order 2 with B(h) = e^h - 1 ("bh2"), on the data prediction:
+    the predictor UniP-2 is DPM-Solver++(2M) (:func:`dpm_solver_pp_2m`, the same step), and the
+    corrector UniC refines each new point with the model evaluation made there, which the next
+    step needs anyway. No extra evaluations, one order more (3, against 2).
+
+    Step i from x_i to x_{i+1} (h = lambda_{i+1} - lambda_i, m_j = x0_hat_j): after the model has
+    been evaluated at the predicted x_{i+1}, giving m_{i+1}, the corrector recomputes
+
+        x_{i+1} = (std_{i+1} / std_i) x_i
+                  - scale_{i+1} expm1(-h) [m_i + rho_1 D_1 + rho_c (m_{i+1} - m_i)],
+
+    with D_1 = (m_{i-1} - m_i) / r, r = (lambda_{i-1} - lambda_i) / h, and (rho_1, rho_c) solving
+    rho_1 + rho_c = b_1, r rho_1 + rho_c = b_2 where b_k = k! phi_{k+1}(-h) / phi_1(-h) with
+    phi_1(u) = expm1(u), phi_{k+1}(u) = phi_k(u) / u - 1 / k! (Zhao et al., Alg. 2 and Eq. 14).
+    After a first-order predictor step (the first) the corrector is the trapezoid rho_c = 1/2
+    (their choice for UniC-1). The next step starts from the corrected point but reuses the
+    m_{i+1} of the predicted one. Neither the last point (std = 0, no model call there) nor a
+    point reached from zero SNR (infinite h) is corrected. ``callback(i, x, x0_hat)`` receives
+    the corrected x_{i+1}, so it runs one model call late.
+    """
+    dtype = _check_call(model, x, grid, generator, callback)
+    predictor, corrector = _multistep_coefficients(grid), _unic_coefficients(grid)
+    times, x = grid.t.unbind(), x.to(torch.float64)
+    x_start = x0_prev = x0_prev2 = None  # the point the last step started from, and its m's
+    for i in range(grid.steps):
+        x0_hat = _denoise(model, x, times[i], dtype)
+        if i > 0:
+            c_x, c_0, c_1, c_new = corrector[i - 1]
+            if c_new != 0:
+                x = _affine((c_x, x_start), (c_0, x0_prev), (c_1, x0_prev2), (c_new, x0_hat))
+            if callback is not None:
+                callback(i - 1, x, x0_prev)
+        c_x, c_0, c_1 = predictor[i]
+        x_start, x = x, _affine((c_x, x), (c_0, x0_hat), (c_1, x0_prev))
+        x0_prev2, x0_prev = x0_prev, x0_hat
+    if callback is not None:
+        callback(grid.steps - 1, x, x0_prev)
+    return x.to(dtype)
+
+
+def _unic_coefficients(grid: TimeGrid) -> list[tuple[float, float, float, float]]:
+    """Per step i, the corrector (c_x, c_0, c_1, c_new) of :func:`unipc`: x_{i+1} = c_x x_i +
+    c_0 m_i + c_1 m_{i-1} + c_new m_{i+1}; all zero where the point is not corrected."""
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
+    h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
+    steps = []
+    for i in range(grid.steps):
+        if s[i + 1] == 0 or not math.isfinite(h[i]):
+            steps.append((0.0, 0.0, 0.0, 0.0))
+            continue
+        if _second_order_step(i, h, s):
+            phi_1 = math.expm1(-h[i])
+            phi_2 = phi_1 / -h[i] - 1
+            phi_3 = phi_2 / -h[i] - 0.5
+            b_1, b_2 = phi_2 / phi_1, 2 * phi_3 / phi_1
+            r = -h[i - 1] / h[i]
+            rho_1 = (b_1 - b_2) / (1 - r)
+            rho_c = b_1 - rho_1
+            c_1 = rho_1 / r  # m_{i-1} enters through D_1 = (m_{i-1} - m_i) / r
+        else:
+            rho_c, c_1 = 0.5, 0.0
+        c_d = -a[i + 1] * math.expm1(-h[i])
+        steps.append((s[i + 1] / s[i], c_d * (1 - c_1 - rho_c), c_d * c_1, c_d * rho_c))
+    return steps
 
 
 SAMPLERS: dict[str, Callable] = {
@@ -551,6 +666,7 @@ SAMPLERS: dict[str, Callable] = {
     "euler_maruyama": euler_maruyama,
     "predictor_corrector": predictor_corrector,
     "dpm_solver_pp_2m": dpm_solver_pp_2m,
+    "unipc": unipc,
 }
 
 

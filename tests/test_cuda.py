@@ -31,7 +31,12 @@ import torch
 
 from diffusion_core import samplers
 from diffusion_core.analytic import default_mixture_2d
-from diffusion_core.device import autocast_context, per_sample_noise, sample_seeds
+from diffusion_core.device import (
+    autocast_context,
+    per_sample_generators,
+    per_sample_noise,
+    sample_seeds,
+)
 from diffusion_core.metrics import sliced_wasserstein, sliced_wasserstein_floor
 from diffusion_core.nets import MLPDenoiser
 from diffusion_core.parameterization import as_denoiser, exact_denoiser
@@ -137,6 +142,18 @@ def test_per_sample_noise_is_batch_invariant_with_cuda_generators():
     large = per_sample_noise((64, 3, 8, 8), sample_seeds(9, range(64)), CUDA)
     assert small.device.type == "cuda"
     assert torch.equal(small, large[:4])
+
+
+def test_per_sample_cuda_generators_make_ddpm_paths_batch_invariant(mixture, schedule):
+    grid = samplers.schedule_grid(schedule, 20)
+    seeds = sample_seeds(4, range(8))
+    x = starting_noise(grid, 8, CUDA)
+    model = exact_denoiser(mixture, schedule)
+    whole = samplers.ddpm(model, x, grid, per_sample_generators(seeds, CUDA))
+    part = samplers.ddpm(model, x[[5, 2]], grid, per_sample_generators([seeds[5], seeds[2]], CUDA))
+    torch.testing.assert_close(part, whole[[5, 2]], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="generator must be on the device of the samples"):
+        samplers.ddpm(model, x, grid, torch.Generator().manual_seed(0))
 
 
 def test_sampling_a_network_on_cuda_matches_the_cpu():

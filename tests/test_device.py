@@ -14,11 +14,14 @@ from diffusion_core.device import (
     DEFAULT_THREADS,
     DEVICE_ENV,
     autocast_context,
+    check_generator,
     get_device,
     maybe_compile,
+    per_sample_generators,
     per_sample_noise,
     sample_seeds,
     seed_everything,
+    standard_normal,
     use_tf32,
 )
 
@@ -241,6 +244,43 @@ def test_per_sample_noise_is_standard_normal_and_independent_across_samples():
     # Neighbouring indices get unrelated streams: no correlation between consecutive rows.
     correlation = torch.corrcoef(torch.stack([noise[:-1, 0], noise[1:, 0]]))[0, 1]
     assert abs(float(correlation)) < 0.05
+
+
+def test_standard_normal_takes_one_generator_or_one_per_sample():
+    one = standard_normal((3, 4), torch.Generator().manual_seed(2), torch.float32)
+    assert torch.equal(one, torch.randn(3, 4, generator=torch.Generator().manual_seed(2)))
+    rows = standard_normal((3, 4), per_sample_generators([5, 6, 7]))
+    for row, seed in zip(rows, [5, 6, 7], strict=True):
+        expected = torch.randn(
+            4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+        assert torch.equal(row, expected)
+    assert torch.equal(per_sample_noise((3, 4), [5, 6, 7]), rows)
+
+
+@pytest.mark.parametrize(
+    "generator, error, message",
+    [
+        (0, TypeError, "generator must be a torch.Generator"),
+        ([torch.Generator(), "g"], TypeError, "got str"),
+        ([torch.Generator()], ValueError, r"one generator per sample \(2\), got 1"),
+    ],
+)
+def test_bad_generators(generator, error, message):
+    with pytest.raises(error, match=message):
+        standard_normal((2, 3), generator)
+    with pytest.raises(error, match=message):
+        check_generator(generator, 2, "cpu")
+
+
+def test_bad_standard_normal_and_generator_arguments():
+    with pytest.raises(TypeError, match="dtype must be a floating-point"):
+        standard_normal((2, 3), None, torch.int64)
+    with pytest.raises(ValueError, match="at least one seed"):
+        per_sample_generators([])
+    with pytest.raises(ValueError, match="seed must be in 0"):
+        per_sample_generators([1, -1])
+    assert check_generator(None, 5, "cpu") is None
 
 
 def test_sample_seeds_depend_on_the_base_seed_and_the_index_only():
