@@ -205,8 +205,8 @@ def train_latent_diffusion(
         loss.backward()
         optimizer.step()
         update_ema(ema, model, ema_decay_at(config.ema_decay, step + 1))
-        losses.append(float(loss.detach()))
-    return ema.eval(), losses
+        losses.append(loss.detach())
+    return ema.eval(), torch.stack(losses).tolist()  # read back once, not at every step
 
 
 @torch.no_grad()

@@ -24,6 +24,10 @@ loop trains with DistributedDataParallel: every process draws the same global mi
 and noise and keeps its shard of them, so the run equals the single-process run up to the order
 of float additions; only rank 0 keeps the EMA, shows progress and writes checkpoints.
 
+No per-step synchronisation. Each step's loss stays on the device; the losses are read back to
+the host together every ``config.log_every`` steps, at checkpoints and at the end, so a GPU
+runs ahead of the Python loop instead of waiting for it at every step.
+
 Quiet by default. The progress bar (tqdm, on stderr) shows only when asked for or when stderr is
 a terminal and the environment variable ``DIFFUSION_PROGRESS`` is not ``"0"``; nothing else is
 printed, so notebook outputs stay deterministic.
@@ -235,6 +239,7 @@ def train(
         step, losses = _restore(state, config, net, ema, optimizer, generators)
     model = maybe_compile(distributed.wrap(net, device), config.compile)  # shares net's weights
 
+    pending = []  # losses of the steps since the last read-back, still on the device
     with tqdm(total=config.steps, initial=step, disable=not show, unit="step") as bar:
         while step < config.steps:
             index = torch.randint(data.shape[0], (config.batch_size,), generator=generators["data"])
@@ -247,12 +252,16 @@ def train(
             step += 1
             if distributed.is_main_process():
                 update_ema(ema, net, ema_decay_at(config.ema_decay, step))
-            losses.append(float(loss))
+            pending.append(loss)
             bar.update(1)
+            checkpoint = _checkpoint_due(config, step) and distributed.is_main_process()
+            if step % config.log_every == 0 or checkpoint or step == config.steps:
+                losses += torch.stack(pending).tolist()  # one read-back for all pending steps
+                pending = []
             if step % config.log_every == 0:
                 recent = losses[-config.log_every :]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
-            if _checkpoint_due(config, step) and distributed.is_main_process():
+            if checkpoint:
                 state = _state(config, step, losses, net, ema, optimizer, generators)
                 save_checkpoint(config.checkpoint_path, state)
     return TrainResult(losses=losses, ema=ema, step=step)

@@ -158,6 +158,26 @@ def test_ema_follows_the_net_without_decay_and_warms_up(data, schedule):
     assert ema_decay_at(0.999, 10**6) == 0.999
 
 
+def test_losses_are_read_back_every_log_every_steps_not_every_step(data, schedule, monkeypatch):
+    # Count the reads of tensor values that the loop itself makes (the optimizer's own reads
+    # of its CPU step counters are not the loop's and do not count).
+    import sys
+
+    reads = []
+    for method in ("item", "tolist", "__float__", "__bool__", "cpu"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(tensor, *args, _original=original, _method=method, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("diffusion_core/train.py"):
+                reads.append(_method)
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    run = train(tiny_net(), data, schedule, tiny_config(steps=12, log_every=5), progress=False)
+    assert reads == ["tolist"] * 3  # after steps 5, 10 and 12
+    assert len(run.losses) == 12 and all(isinstance(value, float) for value in run.losses)
+
+
 def test_nothing_is_printed_unless_asked(data, schedule, capfd, monkeypatch):
     train(tiny_net(), data, schedule, tiny_config(steps=3), progress=False)
     monkeypatch.setenv("DIFFUSION_PROGRESS", "0")
