@@ -43,9 +43,9 @@ No host synchronisation inside loops: the grid is read into Python floats with `
 once, and the loop has no ``.item()``, ``float(tensor)`` or ``if`` on a tensor value.
 
 Zero terminal SNR. A grid may start at scale_0 = 0 (sigma_0 = inf, Lin et al. 2024).
-:func:`ddpm`, :func:`ddim`, :func:`euler`, :func:`heun` and :func:`dpm_solver_pp_2m` take a
-first-order first step whose coefficients stay finite there (with a model that predicts x0 or v:
-eps-prediction cannot give x0 at zero SNR). :func:`euler_maruyama` and
+:func:`ddpm`, :func:`ddim`, :func:`euler`, :func:`heun`, :func:`dpm_solver_pp_2m` and
+:func:`unipc` take a first-order first step whose coefficients stay finite there (with a model
+that predicts x0 or v: eps-prediction cannot give x0 at zero SNR). :func:`euler_maruyama` and
 :func:`predictor_corrector` raise ``ValueError``: the reverse SDE in sigma would have to remove
 noise of infinite variance sigma_0^2 in its first step.
 
@@ -294,7 +294,8 @@ def _check_finite_sigma(grid: TimeGrid, sampler: str) -> None:
         raise ValueError(
             f"{sampler} needs a finite sigma_0 = std_0 / scale_0, but the grid starts at zero "
             "SNR (scale_0 = 0): its first reverse-SDE step would remove noise of infinite "
-            "variance. Use ddpm, ddim, heun or dpm_solver_pp_2m, or drop the first grid point."
+            "variance. Use ddpm, ddim, heun, dpm_solver_pp_2m or unipc, or drop the first grid "
+            "point."
         )
 
 

@@ -49,7 +49,7 @@ pytestmark = [
 ]
 
 CUDA = torch.device("cuda")
-DETERMINISTIC = ["ddim", "euler", "heun", "dpm_solver_pp_2m"]
+DETERMINISTIC = ["ddim", "euler", "heun", "dpm_solver_pp_2m", "unipc"]
 STOCHASTIC = ["ddpm", "euler_maruyama", "predictor_corrector"]
 
 
