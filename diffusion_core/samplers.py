@@ -645,9 +645,7 @@ def _unic_coefficients(grid: TimeGrid) -> list[tuple[float, float, float, float]
             steps.append((0.0, 0.0, 0.0, 0.0))
             continue
         if _second_order_step(i, h, s):
-            phi_1 = math.expm1(-h[i])
-            phi_2 = phi_1 / -h[i] - 1
-            phi_3 = phi_2 / -h[i] - 0.5
+            phi_1, (phi_2, phi_3) = math.expm1(-h[i]), _phi_2_3(-h[i])
             b_1, b_2 = phi_2 / phi_1, 2 * phi_3 / phi_1
             r = -h[i - 1] / h[i]
             rho_1 = (b_1 - b_2) / (1 - r)
@@ -658,6 +656,22 @@ def _unic_coefficients(grid: TimeGrid) -> list[tuple[float, float, float, float]
         c_d = -a[i + 1] * math.expm1(-h[i])
         steps.append((s[i + 1] / s[i], c_d * (1 - c_1 - rho_c), c_d * c_1, c_d * rho_c))
     return steps
+
+
+def _phi_2_3(u: float) -> tuple[float, float]:
+    """phi_2(u) = (e^u - 1 - u) / u and phi_3(u) = (e^u - 1 - u - u^2 / 2) / u^2 of :func:`unipc`.
+
+    Where |u| < 1e-3 the closed forms lose digits to cancellation (about 1e-16 / u^2 relative),
+    so there they are summed as Taylor series, whose first neglected terms are below 1e-15
+    relative.
+    """
+    if abs(u) < 1e-3:
+        return (
+            u / 2 + u** 2 / 6 + u** 3 / 24 + u** 4 / 120,
+            u / 6 + u** 2 / 24 + u** 3 / 120 + u** 4 / 720,
+        )
+    phi_2 = math.expm1(u) / u - 1
+    return phi_2, phi_2 / u - 0.5
 
 
 SAMPLERS: dict[str, Callable] = {

@@ -290,6 +290,24 @@ def test_multistep_orders_on_a_closed_form_flow():
         assert all(abs(o - order) < 0.1 for o in orders), (name, errors, orders)
 
 
+def test_unipc_weights_are_accurate_for_tiny_steps():
+    from diffusion_core.samplers import _phi_2_3, _unic_coefficients
+
+    for u in (-1e-3, 1e-3):  # the series and the closed form meet at |u| = 1e-3
+        below, above = _phi_2_3(u * (1 - 1e-12)), _phi_2_3(u * (1 + 1e-12))
+        for a, b in zip(below, above, strict=True):
+            assert math.isclose(a, b, rel_tol=1e-9), (u, below, above)
+    # For a tiny step the corrector tends to the trapezoid-like Adams-Moulton weights of a
+    # uniform grid, (8/12, -1/12, 5/12) on (m_i, m_{i-1}, m_{i+1}), instead of blowing up.
+    h = 1e-9
+    sigma = torch.exp(-h * torch.arange(4, dtype=F64))  # lambda = -log sigma: steps of h
+    c_x, c_0, c_1, c_new = _unic_coefficients(TimeGrid(sigma, torch.ones(4, dtype=F64), sigma))[1]
+    c_d = -math.expm1(-h)  # the step's first-order weight, scale' (1 - e^-h)
+    assert math.isclose(c_x, math.exp(-h), rel_tol=1e-15)
+    for weight, expected in ((c_0, 8 / 12), (c_1, -1 / 12), (c_new, 5 / 12)):
+        assert math.isclose(weight / c_d, expected, rel_tol=1e-6), (weight / c_d, expected)
+
+
 def test_unipc_corrector_beats_its_own_predictor_at_the_same_cost():
     # The predictor of unipc is dpm_solver_pp_2m; the corrector costs no model evaluation.
     for steps in (16, 32, 64, 128):
