@@ -667,8 +667,8 @@ def _phi_2_3(u: float) -> tuple[float, float]:
     """
     if abs(u) < 1e-3:
         return (
-            u / 2 + u** 2 / 6 + u** 3 / 24 + u** 4 / 120,
-            u / 6 + u** 2 / 24 + u** 3 / 120 + u** 4 / 720,
+            u / 2 + u**2 / 6 + u**3 / 24 + u**4 / 120,
+            u / 6 + u**2 / 24 + u**3 / 120 + u**4 / 720,
         )
     phi_2 = math.expm1(u) / u - 1
     return phi_2, phi_2 / u - 0.5
