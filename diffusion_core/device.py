@@ -198,6 +198,13 @@ def check_generator(generator, batch: int, device: str | torch.device):
     return generator
 
 
+def generator_device(generator, default: torch.device) -> torch.device:
+    """The device of a random source (one generator, or the first of a list of them), or
+    ``default`` for None, torch's global generator, which serves every device."""
+    first = generator[0] if isinstance(generator, list | tuple) and generator else generator
+    return first.device if isinstance(first, torch.Generator) else default
+
+
 def standard_normal(
     shape,
     generator=None,
@@ -211,9 +218,7 @@ def standard_normal(
     shape = check_shape("shape", shape)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
-    if device is None:
-        first = generator[0] if isinstance(generator, list | tuple) and generator else generator
-        device = first.device if isinstance(first, torch.Generator) else torch.device("cpu")
+    device = generator_device(generator, torch.device("cpu")) if device is None else device
     generator = check_generator(generator, shape[0], device)
     if not isinstance(generator, list | tuple):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)

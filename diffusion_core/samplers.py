@@ -64,7 +64,7 @@ import torch
 
 from diffusion_core._validation import check_float, check_positive_int, check_shape
 from diffusion_core.analytic import GaussianMixture
-from diffusion_core.device import check_generator, standard_normal
+from diffusion_core.device import check_generator, generator_device, standard_normal
 from diffusion_core.schedules import VESDE, VPSDE, Schedule, karras_sigmas, timestep_spacing
 
 __all__ = [
@@ -255,8 +255,7 @@ def prior_sample(grid: TimeGrid, shape, generator: torch.Generator | None = None
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     shape = check_shape("shape", shape)
-    first = generator[0] if isinstance(generator, list | tuple) and generator else generator
-    device = first.device if isinstance(first, torch.Generator) else grid.std.device
+    device = generator_device(generator, grid.std.device)
     z = standard_normal(shape, generator, torch.float64, device)
     return grid.std[0].to(device) * z
 
