@@ -31,15 +31,7 @@ from diffusion_core.nets import count_parameters
 MSE_BOUND = 0.012
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as the book runs (and the bitwise claims are made); restored after.
-
-    Two threads on a busy two-core machine slow these small convolutions down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,7 @@ import train_latent  # noqa: E402
 ACCURACY_BOUND = 0.9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as the book runs and the bitwise claims are made; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _context(prompts, dim=16, seed=0):
