@@ -490,19 +490,10 @@ def euler_maruyama(model, x, grid, generator=None, callback=None):
     In y = x / scale the forward process is dy = (d sigma^2 / dt)^(1/2) dw for every schedule,
     whose reversal is dy = -(d sigma^2 / dt) score dt + (d sigma^2 / dt)^(1/2) dw_bar; one step
     from sigma to sigma' is Song et al.'s reverse-diffusion predictor (their Eq. 47). Needs a
-    finite sigma_0 (raises ``ValueError`` at zero terminal SNR).
+    finite sigma_0 (raises ``ValueError`` at zero terminal SNR). It is
+    :func:`predictor_corrector` without corrector steps, and runs that loop.
     """
-    dtype = _check_call(model, x, grid, generator, callback)
-    _check_finite_sigma(grid, "euler_maruyama")
-    a, sigma = grid.scale.tolist(), grid.sigma.tolist()
-    times, x = grid.t.unbind(), x.to(torch.float64)
-    for i in range(grid.steps):
-        x0_hat = _denoise(model, x, times[i], dtype)
-        y = _reverse_sde_step(x / a[i], x0_hat, sigma[i], sigma[i + 1], generator, dtype)
-        x = a[i + 1] * y
-        if callback is not None:
-            callback(i, x, x0_hat)
-    return x.to(dtype)
+    return _reverse_sde_sampler("euler_maruyama", model, x, grid, generator, callback, 0, 0.0)
 
 
 def predictor_corrector(model, x, grid, generator=None, callback=None, corrector_steps=1, snr=0.16):
@@ -520,10 +511,18 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
     the whole batch, a sample's path depends on the batch it is drawn in even with one generator
     per sample, unlike the other stochastic samplers.
     """
-    dtype = _check_call(model, x, grid, generator, callback)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
     snr = _check_real("snr", snr, 0.0)
-    _check_finite_sigma(grid, "predictor_corrector")
+    return _reverse_sde_sampler(
+        "predictor_corrector", model, x, grid, generator, callback, corrector_steps, snr
+    )
+
+
+def _reverse_sde_sampler(name, model, x, grid, generator, callback, corrector_steps, snr):
+    """The loop of :func:`predictor_corrector` (and, with no corrector steps, of
+    :func:`euler_maruyama`); ``name`` is the sampler the error messages speak of."""
+    dtype = _check_call(model, x, grid, generator, callback)
+    _check_finite_sigma(grid, name)
     a, sigma = grid.scale.tolist(), grid.sigma.tolist()
     times, x = grid.t.unbind(), x.to(torch.float64)
     for i in range(grid.steps):
