@@ -26,11 +26,12 @@ shows in the pathwise errors below, so it is not used here.)
 Near the floor, the sliced W2 cannot rank samplers (a first-order sampler may land closer to the
 reference sample by chance). A second table therefore gives, for the deterministic samplers,
 the pathwise error: the root-mean-square distance from each sample to the exact solution of
-the probability-flow ODE from the same starting noise. That solution is computed in y = x /
-scale, where the ODE dy/dsigma = (y - D(y, sigma)) / sigma is the same for every schedule, by
-2000 UniPC steps on a Karras grid from sigma_T down to 1e-4 (dense where the solution bends,
-near the data), with the exact denoiser at every sigma; its own error is bounded by its
-distance to 1000 steps of the same (printed). This error has no sampling noise at all.
+the probability-flow ODE from the same starting noise (``metrics.rms_distance``). That
+solution is computed by ``samplers.flow_endpoint`` in y = x / scale, where the ODE dy/dsigma =
+(y - D(y, sigma)) / sigma is the same for every schedule: 2000 UniPC steps on a Karras grid from
+sigma_T down to 1e-4 (dense where the solution bends, near the data), with the exact denoiser
+at every sigma; its own error is bounded by its distance to 1000 steps of the same (printed).
+This error has no sampling noise at all.
 
 Run:  .venv/bin/python benchmarks/sampler_accuracy.py [--n 20000] [--budgets 5 10 20 50 100]
 """
@@ -45,9 +46,9 @@ from common import header, require_diffusers, table
 
 from diffusion_core import samplers
 from diffusion_core.analytic import default_mixture_2d
-from diffusion_core.metrics import sliced_wasserstein, sliced_wasserstein_floor
+from diffusion_core.metrics import rms_distance, sliced_wasserstein, sliced_wasserstein_floor
 from diffusion_core.parameterization import exact_denoiser
-from diffusion_core.schedules import karras_sigmas, linear_schedule
+from diffusion_core.schedules import linear_schedule
 
 TWO_EVALS_PER_STEP = {"heun", "predictor_corrector", "diffusers Heun"}
 DIFFUSERS = {  # name: (scheduler class, options beyond the shared ones, step options)
@@ -220,11 +221,11 @@ def pathwise(args, mixture, schedule, z, contenders, diffusers) -> None:
                 out, _ = ours(name, mixture, schedule, z, budget, 0)
             else:
                 out, _ = theirs(name, diffusers, mixture, schedule, z, budget, 0)
-            row.append(rms(out, exact))
+            row.append(float(rms_distance(out, exact)))
         rows.append(row)
     print(
         "Pathwise error: RMS distance to the exact probability-flow solution from the same "
-        f"start (reference error {rms(check, exact):.1e})."
+        f"start (reference error {float(rms_distance(check, exact)):.1e})."
     )
     headers = ["sampler", *(f"E={b}" for b in args.budgets)]
     print(table(headers, rows, ["s", *([".2e"] * len(args.budgets))]))
@@ -241,18 +242,12 @@ def pathwise(args, mixture, schedule, z, contenders, diffusers) -> None:
 
 
 def exact_flow(mixture, schedule, z, steps: int) -> torch.Tensor:
-    """The probability-flow solution at t = 0 from x_T = std_T z, by ``steps`` UniPC steps in
-    y = x / scale on a Karras grid of noise levels sigma_T .. 1e-4, then onto sigma = 0."""
+    """The probability-flow solution at t = 0 from x_T = std_T z (``samplers.flow_endpoint``)."""
     scale_T, std_T = (float(v) for v in schedule.marginal(torch.tensor(schedule.T)))
-    grid = samplers.sigma_grid(karras_sigmas(steps, 1e-4, std_T / scale_T))
     one = torch.ones((), dtype=torch.float64)
-    return samplers.unipc(
-        lambda y, sigma: mixture.x0_pred(y, one, sigma), std_T * z / scale_T, grid
+    return samplers.flow_endpoint(
+        lambda y, sigma: mixture.x0_pred(y, one, sigma), std_T * z, scale_T, std_T, steps
     )
-
-
-def rms(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((x.double() - y).square().sum(dim=1).mean().sqrt())
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "mixture_weight_tv",
     "mmd_rbf",
     "nearest_neighbour_distances",
+    "rms_distance",
     "sliced_wasserstein",
     "sliced_wasserstein_floor",
 ]
@@ -53,6 +54,22 @@ def _check_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"y must have the dimension of x ({x.shape[1]}), got {y.shape[1]}")
     return x, y.to(x.device)
+
+
+def rms_distance(x, y) -> torch.Tensor:
+    """Root-mean-square distance between paired samples, (mean_i |x_i - y_i|^2)^(1/2) (float64).
+
+    Row i of ``x`` is compared with row i of ``y`` (same shape (n, d), n >= 1): a pathwise
+    error, such as the distance of a sampler's outputs to the exact probability-flow solutions
+    from the same starting noise (:func:`diffusion_core.samplers.flow_endpoint`). Unlike the
+    distances between distributions above it has no sampling noise of its own.
+    """
+    x, y = _check_samples("x", x, min_n=1), _check_samples("y", y, min_n=1)
+    if x.shape != y.shape:
+        raise ValueError(
+            f"y must pair row by row with x, shape {tuple(x.shape)}, got {tuple(y.shape)}"
+        )
+    return (x - y.to(x.device)).square().sum(dim=1).mean().sqrt()
 
 
 def _default_generator(generator) -> torch.Generator:

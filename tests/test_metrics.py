@@ -17,6 +17,7 @@ from diffusion_core.metrics import (
     gaussian_w2,
     mixture_weight_tv,
     mmd_rbf,
+    rms_distance,
     sliced_wasserstein,
     sliced_wasserstein_floor,
 )
@@ -39,6 +40,19 @@ def random_spd(dim: int, seed: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ sliced Wasserstein
+
+
+def test_rms_distance_pairs_rows():
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[3.0, 4.0], [1.0, 1.0]], dtype=torch.float64)
+    assert math.isclose(rms_distance(x, y).item(), math.sqrt((25 + 0) / 2), rel_tol=1e-15)
+    # Rows are paired, not matched: the same set in another order is at distance 2^(1/2).
+    assert math.isclose(rms_distance(x, x.flip(0)).item(), math.sqrt(2), rel_tol=1e-15)
+    assert rms_distance(x[:1].float(), y[:1]).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"pair row by row with x, shape \(2, 2\)"):
+        rms_distance(x, y[:1])
+    with pytest.raises(ValueError, match=r"must have shape \(n, d\)"):
+        rms_distance(x[0], y[0])
 
 
 def test_sliced_wasserstein_exact_cases():
