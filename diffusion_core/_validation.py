@@ -7,6 +7,8 @@ allowed range. Silent NaNs and accidental broadcasting are the bugs these checks
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -92,3 +94,47 @@ def check_batch(name: str, x: torch.Tensor, batch: int, other: str) -> None:
 def per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a scalar or a ``(batch,)`` tensor so that it broadcasts over ``like`` per sample."""
     return x.reshape(-1, *([1] * (like.ndim - 1))) if x.ndim == 1 else x
+
+
+def check_number(
+    name: str,
+    value,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number in the interval from ``low`` to ``high`` (closed unless ``low_open``
+    or ``high_open``), returned as a Python float. A 0-d tensor counts as a number (read once on
+    the host); a bool does not."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.dtype == torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (math.isfinite(value) and above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
+    return float(value)
+
+
+def check_labels(name: str, labels, n: int | None = None, classes: int | None = None):
+    """Integer class labels: an int64 tensor of shape (n,) (any length when ``n`` is None) whose
+    values lie in ``0..classes - 1`` when ``classes`` is given. A negative label is refused, never
+    read as "the last class"."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be an integer torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype {labels.dtype}")
+    if labels.ndim != 1 or (n is not None and labels.shape[0] != n):
+        wanted = "(n,)" if n is None else f"({n},)"
+        raise ValueError(
+            f"{name} must have shape {wanted}, one per sample, got {tuple(labels.shape)}"
+        )
+    if classes is not None and labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"{name} must lie in 0..{classes - 1}, got values in {low}..{high}")
+    return labels.to(torch.int64)
