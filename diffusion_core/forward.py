@@ -77,6 +77,24 @@ def _step(beta: torch.Tensor, x_prev: torch.Tensor, noise: torch.Tensor) -> torc
     return x_t.to(x_prev.dtype)
 
 
+def posterior_coefficients(scale_t, std_t, scale_s, std_s):
+    """(c_x0, c_xt, variance) of q(x_s | x_t, x_0) = N(c_x0 x_0 + c_xt x_t, variance) for any
+    two times s < t of a process x = scale x_0 + std eps: the one place the posterior is written.
+
+    In y = x / scale the forward process adds independent noise, y_t = y_s + (sigma_t^2 -
+    sigma_s^2)^(1/2) n, so y_s | y_t, x_0 ~ N(x_0 + r (y_t - x_0), sigma_s^2 (1 - r)) with
+    r = sigma_s^2 / sigma_t^2. In x = scale y: c_xt = scale_s r / scale_t = std_s^2 scale_t /
+    (scale_s std_t^2), c_x0 = scale_s - c_xt scale_t, variance = std_s^2 (1 - r), finite at
+    scale_t = 0. For adjacent steps of a VP chain these are Ho et al. (2020), Eq. 6-7. Works on
+    Python floats and on tensors alike.
+    """
+    c_xt = std_s**2 * scale_t / (scale_s * std_t**2)
+    r = (std_s * scale_t / (scale_s * std_t)) ** 2
+    variance = std_s**2 * (1.0 - r)
+    variance = variance.clamp(min=0.0) if isinstance(variance, torch.Tensor) else max(variance, 0.0)
+    return scale_s - c_xt * scale_t, c_xt, variance
+
+
 def q_posterior(
     schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,19 +103,16 @@ def q_posterior(
     Ho et al. (2020), Eq. 6-7:
         mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
                + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t,
-        beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t.
+        beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t,
+    computed by :func:`posterior_coefficients` (the same Gaussian, written for any two times).
     ``t`` in 1..T. The variance is returned per sample (shape of ``t``), in float64.
     """
     _check_schedule(schedule)
     _check_pair("x0", x0, "x_t", x_t)
     t = _times(schedule, t, x0, minimum=1)
-    alpha_bars = schedule.alpha_bars
-    alpha_bar, alpha_bar_prev = alpha_bars[t], alpha_bars[t - 1]
-    beta = schedule.betas[t - 1]
-    coef_x0 = alpha_bar_prev.sqrt() * beta / (1.0 - alpha_bar)
-    coef_xt = (1.0 - beta).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+    (scale_t, std_t), (scale_s, std_s) = schedule.marginal(t), schedule.marginal(t - 1)
+    coef_x0, coef_xt, variance = posterior_coefficients(scale_t, std_t, scale_s, std_s)
     mean = per_sample(coef_x0, x0) * x0.double() + per_sample(coef_xt, x0) * x_t.double()
-    variance = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta
     return mean.to(x0.dtype), variance
 
 

@@ -18,9 +18,10 @@ need a host read on every call: recovering x0 from eps at scale = 0 (zero termin
 x_t holds no trace of the data: the lesson of Lin et al. 2024) and recovering eps or the score at
 std = 0 (clean data, where there is no noise). The results there are inf or NaN.
 
-The samplers of :mod:`diffusion_core.samplers` see every model as a denoiser x0_hat = D(x, t):
-:func:`as_denoiser` wraps a network that predicts eps, x0 or v, and :func:`exact_denoiser` gives
-the Bayes-optimal denoiser of a Gaussian mixture, which isolates a sampler's own error.
+The samplers of :mod:`diffusion_core.samplers` see every model as a denoiser x0_hat =
+D(x, point) at a grid point: :func:`as_denoiser` wraps a network that predicts eps, x0 or v, and
+:func:`exact_denoiser` gives the Bayes-optimal denoiser of a Gaussian mixture, which isolates a
+sampler's own error.
 
 The conversions take tensors and ``scale``/``std`` as numbers, 0-d tensors or (n,) tensors (one
 value per sample, broadcast over the other axes) and return float64. They check types and
@@ -35,7 +36,6 @@ import torch
 
 from diffusion_core._validation import as_tensor, check_batch, per_sample
 from diffusion_core.analytic import GaussianMixture
-from diffusion_core.schedules import VESDE, VPSDE, Schedule
 
 __all__ = [
     "PREDICTIONS",
@@ -76,8 +76,11 @@ def _pair(name_a: str, a, name_b: str, b) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def _level(name: str, value, like: torch.Tensor) -> torch.Tensor:
-    """``scale`` or ``std``: a number, a 0-d tensor or one value per sample, shaped to broadcast."""
+def _level(name: str, value, like: torch.Tensor) -> torch.Tensor | float:
+    """``scale`` or ``std``: a number, a 0-d tensor or one value per sample, shaped to broadcast.
+    A Python float (what a grid point holds) is used as it is, with no tensor made."""
+    if isinstance(value, float):
+        return value
     value = as_tensor(name, value)
     if not value.is_floating_point():
         value = value.to(torch.float64)
@@ -146,77 +149,53 @@ def eps_from_score(score, std) -> torch.Tensor:
 # ---------------------------------------------------------------------------- denoisers
 
 
-def _check_process(process) -> None:
-    if not callable(getattr(process, "marginal", None)):
-        raise TypeError(
-            "process must have a marginal(t) -> (scale, std) method (a Schedule, VPSDE or "
-            f"VESDE), got {type(process).__name__}"
-        )
+def as_denoiser(net: Callable, prediction: str) -> Callable:
+    """Turn ``net(x, t)``, which predicts eps, x0 or v at time t, into the denoiser
+    ``model(x, point) -> x0_hat`` that every sampler takes.
 
-
-def _reaches_zero_snr(process) -> bool:
-    """Whether ``process.marginal`` can return scale = 0, decided once, on the host.
-
-    A :class:`Schedule` does exactly when alpha_bar_T = 0; the VP and VE SDEs keep scale > 0 on
-    [0, 1]; of any other process nothing is known, so it counts as reaching zero SNR.
-    """
-    if isinstance(process, Schedule):
-        return float(process.alpha_bars[-1]) == 0.0
-    return not isinstance(process, VPSDE | VESDE)
-
-
-def as_denoiser(net: Callable, process, prediction: str) -> Callable:
-    """Turn ``net(x, t)``, which predicts eps, x0 or v at time t, into ``model(x, t) -> x0_hat``.
-
-    ``process.marginal(t)`` gives (scale, std) at the model times t (integers for a
-    :class:`Schedule`, reals in [0, 1] for an SDE); ``prediction`` is one of ``"eps"``, ``"x0"``,
-    ``"v"``. The result is float64 and follows the conversions above.
+    ``point`` is the :class:`~diffusion_core.schedules.GridPoint` the sampler evaluates at: the
+    network sees ``point.t`` (its own time, whatever the process), and the conversion above uses
+    the grid's ``point.scale`` and ``point.std``, Python floats, so no process is passed twice
+    (a mismatch between two cannot be written) and nothing is recomputed or read from the device
+    per call. ``prediction`` is one of ``"eps"``, ``"x0"``, ``"v"``; the result is float64.
 
     An eps-predicting network cannot give x0 at zero SNR (scale = 0): x = eps there, and
-    x0 = (x - std eps) / scale is 0 / 0. The model then raises ``ValueError`` on its first call
-    at such a time instead of returning NaN. That check reads scale on the host, so it is made
-    only for processes that can reach scale = 0 (a zero-terminal-SNR schedule); for every other
-    process, and for x0- and v-prediction, the wrapper adds no host synchronisation of its own
-    (``process.marginal`` still checks its times).
+    x0 = (x - std eps) / scale is 0 / 0. The model then raises ``ValueError`` at such a point
+    instead of returning NaN (a comparison of Python floats, free).
     """
     if not callable(net):
         raise TypeError(f"net must be callable, got {type(net).__name__}")
-    _check_process(process)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    check_zero_snr = prediction == "eps" and _reaches_zero_snr(process)
 
-    def model(x: torch.Tensor, t) -> torch.Tensor:
-        out = net(x, t)
+    def model(x: torch.Tensor, point) -> torch.Tensor:
+        out = net(x, point.t)
         if prediction == "x0":
             return _pair("x", x, "net(x, t)", out)[1]
-        scale, std = process.marginal(t)
         if prediction == "v":
-            return x0_from_v(x, out, scale, std)
-        if check_zero_snr and bool((scale == 0).any()):
+            return x0_from_v(x, out, point.scale, point.std)
+        if point.scale == 0:
             raise ValueError(
                 "prediction='eps' cannot recover x0 at zero SNR (scale = 0 at this t): x_t holds "
                 "no information about x0 there. Use a v- or x0-predicting model, or start the "
                 "grid at a time with scale > 0."
             )
-        return x0_from_eps(x, out, scale, std)
+        return x0_from_eps(x, out, point.scale, point.std)
 
     return model
 
 
-def exact_denoiser(mixture: GaussianMixture, process) -> Callable:
-    """The Bayes-optimal denoiser model(x, t) = E[x0 | x_t = x] of Gaussian-mixture data.
+def exact_denoiser(mixture: GaussianMixture) -> Callable:
+    """The Bayes-optimal denoiser model(x, point) = E[x0 | x_t = x] of Gaussian-mixture data.
 
-    It evaluates :meth:`GaussianMixture.x0_pred` at (scale, std) = ``process.marginal(t)``:
-    exact at every noise level, including zero SNR (where it returns the data mean), so that a
+    It evaluates :meth:`GaussianMixture.x0_pred` at the grid point's (scale, std): exact at every
+    noise level of every process, including zero SNR (where it returns the data mean), so that a
     sampler driven by it shows only its own discretisation error.
     """
     if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
-    _check_process(process)
 
-    def model(x: torch.Tensor, t) -> torch.Tensor:
-        scale, std = process.marginal(t)
-        return mixture.x0_pred(x, scale, std)
+    def model(x: torch.Tensor, point) -> torch.Tensor:
+        return mixture.x0_pred(x, point.scale, point.std)
 
     return model

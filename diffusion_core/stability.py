@@ -37,12 +37,13 @@ import torch
 
 from diffusion_core._validation import as_tensor, check_float, per_sample
 from diffusion_core.metrics import gaussian_w2
-from diffusion_core.samplers import TimeGrid
+from diffusion_core.samplers import SAMPLERS, apply_steps
+from diffusion_core.schedules import TimeGrid
 
 __all__ = [
     "AFFINE_SAMPLERS",
-    "AffineSteps",
-    "affine_steps",
+    "AffineMap",
+    "affine_map",
     "article_chain",
     "chain_moments",
     "clip_denoiser",
@@ -67,7 +68,7 @@ __all__ = [
     "vp_chain",
 ]
 
-AFFINE_SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_pp_2m")
+AFFINE_SAMPLERS = tuple(name for name, s in SAMPLERS.items() if hasattr(s, "step_rule"))
 F64 = torch.float64
 
 
@@ -218,74 +219,103 @@ def gaussian_denoiser_coefficients(grid: TimeGrid, data_mean: float, data_std: f
     return grid.scale * sd**2 / var, mu * grid.std**2 / var
 
 
-def gaussian_denoiser(process, data_mean: float, data_std: float) -> Callable:
-    """model(x, t) = E[x0 | x_t = x] for x0 ~ N(mu, sigma_d^2 I), coordinate by coordinate.
+def gaussian_denoiser(data_mean: float, data_std: float) -> Callable:
+    """model(x, point) = E[x0 | x_t = x] for x0 ~ N(mu, sigma_d^2 I), coordinate by coordinate.
 
-    The same formula as :func:`gaussian_denoiser_coefficients`, at (scale, std) =
-    ``process.marginal(t)``, written with plain tensor arithmetic: unlike
+    The same formula as :func:`gaussian_denoiser_coefficients`, at the grid point's (scale,
+    std), written with plain tensor arithmetic: unlike
     :meth:`~diffusion_core.analytic.GaussianMixture.x0_pred` it checks nothing about x, so NaN and
     infinity pass through it the way they pass through a network.
     """
-    if not callable(getattr(process, "marginal", None)):
-        raise TypeError(f"process must have a marginal(t) method, got {type(process).__name__}")
     mu, sd = _number("data_mean", data_mean), _positive("data_std", data_std)
 
-    def model(x: torch.Tensor, t) -> torch.Tensor:
-        scale, std = (v.to(x.device) for v in process.marginal(t))
-        var = scale**2 * sd**2 + std**2
-        p, q = per_sample(scale * sd**2 / var, x), per_sample(mu * std**2 / var, x)
-        return p * x.to(F64) + q
+    def model(x: torch.Tensor, point) -> torch.Tensor:
+        var = point.scale**2 * sd**2 + point.std**2
+        return point.scale * sd**2 / var * x.to(F64) + mu * point.std**2 / var
 
     return model
 
 
 @dataclass(frozen=True)
-class AffineSteps:
-    """Per-step coefficients of a sampler on Gaussian data: x_{k+1} = a_k x_k + a_prev_k x_{k-1}
-    + b_k + noise_k z_k with z_k ~ N(0, 1) independent of everything before. Each is (K,)."""
+class AffineMap:
+    """A sampler run on an affine denoiser, as the affine map it is:
 
-    a: torch.Tensor
-    a_prev: torch.Tensor
-    b: torch.Tensor
+        x_K = offset + sum_k gain_k delta_k + sum_j noise_j z_j,
+
+    where delta_0 is the start x_0, delta_k (k >= 1) a perturbation added to the state at grid
+    point k, and z_j ~ N(0, 1) the j-th noise draw of the run (independent of the start).
+    ``gain`` is (K + 1,) with gain_K = 1; ``noise`` has one entry per draw; ``offset`` is 0-d."""
+
+    gain: torch.Tensor
+    offset: torch.Tensor
     noise: torch.Tensor
 
     @property
     def steps(self) -> int:
-        return self.a.shape[0]
+        return self.gain.shape[0] - 1
 
 
-def affine_steps(name: str, grid: TimeGrid, p, q, **options) -> AffineSteps:
-    """The exact per-step affine coefficients of sampler ``name`` for the linear model D_i(x) =
-    p_i x + q_i at grid point i (p, q: (K + 1,) tensors, e.g. from
-    :func:`gaussian_denoiser_coefficients`).
+def affine_map(sampler, grid: TimeGrid, p, q, **options) -> AffineMap:
+    """The exact affine map of ``sampler`` (a sampler with a step rule, or its name in
+    :data:`~diffusion_core.samplers.SAMPLERS`) for the linear model D_i(x) = p_i x + q_i at grid
+    point i (p, q: (K + 1,) tensors, e.g. from :func:`gaussian_denoiser_coefficients`).
 
-    Each step below is the sampler of :mod:`diffusion_core.samplers` with x0_hat = p x + q
-    substituted, written in scale a_i, std s_i, sigma_i = s_i / a_i and lambda_i = log(a_i / s_i):
-
-    - ``ddpm``: x' = c_x x + c_0 x0_hat + n z, c_x = s'^2 a / (a' s^2), c_0 = a' - c_x a, n^2 =
-      s'^2 (1 - r) (``variance="beta_tilde"``) or s^2 - (a s' / a')^2 (``"beta"``),
-      r = (s' a / (a' s))^2; no noise onto s' = 0 (Ho et al. 2020, Eq. 6-7, Alg. 2).
-    - ``ddim`` (``eta``): x' = a' x0_hat + c_e (x - a x0_hat) / s + eta beta_tilde^(1/2) z with
-      c_e = (s'^2 - eta^2 beta_tilde)^(1/2) (Song, Meng & Ermon 2021, Eq. 12).
-    - ``euler``: x' = (s' / s) x + (a' - a s' / s) x0_hat (Karras et al. 2022, Alg. 1).
-    - ``heun``: the Euler step, then the trapezoidal average of the slopes (y - D) / sigma at both
-      ends; an Euler step onto sigma' = 0 and from sigma = inf.
-    - ``euler_maruyama``: y' = rho y + (1 - rho) x0_hat + (sigma^2 - sigma'^2)^(1/2) z in
-      y = x / a, rho = sigma'^2 / sigma^2; x0_hat onto sigma' = 0. Needs a finite sigma_0.
-    - ``dpm_solver_pp_2m``: x' = (s' / s) x - a' expm1(-h) [(1 + w) x0_hat - w x0_hat_prev],
-      w = h / (2 h_prev) except on the first, the last (onto s' = 0) and after an infinite step
-      (Lu et al. 2022b, Alg. 2).
-
-    The result feeds :func:`output_law` and :func:`perturbation_gain`.
+    Obtained from the sampler's own code, not from a copy of its update: the step rule's
+    coefficients (:mod:`diffusion_core.samplers`) are applied by the samplers' own loop to
+    symbolic states. A state is a row of coefficients over the basis (1, delta_0, ..., delta_K,
+    z_1, ..., z_N), each noise draw is the next basis vector, and the linear model maps a row c
+    to p_i c + q_i e_1, so the loop's output is the map's coefficients, exact to rounding. Any
+    sampler built on :func:`~diffusion_core.samplers.run_steps` is covered, multistep and
+    corrector steps included; :func:`~diffusion_core.samplers.predictor_corrector`, whose step
+    size depends on the state's norm, is not affine and is refused. The result feeds
+    :func:`output_law` and :func:`perturbation_gain`.
     """
-    grid = _grid(grid)
-    p, q = _coefficients("p", p, grid), _coefficients("q", q, grid)
-    steps = _STEP_RULES.get(name)
-    if steps is None:
-        raise ValueError(f"name must be one of {AFFINE_SAMPLERS}, got {name!r}")
-    rows = steps(grid, p.tolist(), q.tolist(), **options)
-    a, a_prev, b, noise = (torch.tensor(col, dtype=F64) for col in zip(*rows, strict=True))
-    return AffineSteps(a, a_prev, b, noise)
+    rule, grid = _step_rule(sampler), _grid(grid)
+    p, q = _coefficients("p", p, grid).tolist(), _coefficients("q", q, grid).tolist()
+    steps = rule(grid, **options)
+    K = grid.steps
+    width = 2 + K + sum(step.predict.noise != 0 for step in steps)
+    index = {id(point): i for i, point in enumerate(grid.points)}
+    draws = iter(range(2 + K, width))
+
+    def linear_model(c, point):
+        i = index[id(point)]
+        out = p[i] * c
+        out[:, 0] += q[i]
+        return out
+
+    def basis(column):
+        e = torch.zeros(1, width, dtype=F64)
+        e[0, column] = 1.0
+        return e
+
+    out = apply_steps(
+        steps,
+        linear_model,
+        basis(1),
+        grid.points,
+        lambda _: basis(next(draws)),
+        None,
+        F64,
+        shift=lambda i: basis(2 + i),
+    )[0]
+    return AffineMap(gain=out[1 : 2 + K].clone(), offset=out[0].clone(), noise=out[2 + K :].clone())
+
+
+def _step_rule(sampler) -> Callable:
+    name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", repr(sampler))
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+        sampler = SAMPLERS[sampler]
+    rule = getattr(sampler, "step_rule", None)
+    if rule is None:
+        raise ValueError(
+            f"sampler {name} has no step rule, so it is not affine in x (the predictor-corrector's "
+            "Langevin step size depends on the state's norm): the affine samplers are "
+            f"{AFFINE_SAMPLERS}"
+        )
+    return rule
 
 
 def _coefficients(name: str, x, grid: TimeGrid) -> torch.Tensor:
@@ -295,150 +325,27 @@ def _coefficients(name: str, x, grid: TimeGrid) -> torch.Tensor:
     return x
 
 
-def _ddpm_rows(grid, p, q, variance="beta_tilde"):
-    if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"variance must be one of ('beta_tilde', 'beta'), got {variance!r}")
-    a, s = grid.scale.tolist(), grid.std.tolist()
-    rows = []
-    for i in range(grid.steps):
-        c_x = s[i + 1] ** 2 * a[i] / (a[i + 1] * s[i] ** 2)
-        c_0 = a[i + 1] - c_x * a[i]
-        if s[i + 1] == 0:
-            noise = 0.0
-        elif variance == "beta_tilde":
-            noise = math.sqrt(
-                max(s[i + 1] ** 2 * (1 - (s[i + 1] * a[i] / (a[i + 1] * s[i])) ** 2), 0)
-            )
-        else:
-            noise = math.sqrt(s[i] ** 2 - (a[i] * s[i + 1] / a[i + 1]) ** 2)
-        rows.append((c_x + c_0 * p[i], 0.0, c_0 * q[i], noise))
-    return rows
+def _map(value) -> AffineMap:
+    if not isinstance(value, AffineMap):
+        raise TypeError(f"affine must be an AffineMap, got {type(value).__name__}")
+    return value
 
 
-def _ddim_rows(grid, p, q, eta=0.0):
-    eta = _number("eta", eta, 0.0, 1.0)
-    a, s = grid.scale.tolist(), grid.std.tolist()
-    rows = []
-    for i in range(grid.steps):
-        r = (s[i + 1] * a[i] / (a[i + 1] * s[i])) ** 2
-        sigma_eta = eta * math.sqrt(max(s[i + 1] ** 2 * (1 - r), 0.0))
-        c_e = math.sqrt(max(s[i + 1] ** 2 - sigma_eta**2, 0.0))
-        c_0 = a[i + 1] - c_e * a[i] / s[i]
-        rows.append((c_e / s[i] + c_0 * p[i], 0.0, c_0 * q[i], sigma_eta))
-    return rows
-
-
-def _euler_rows(grid, p, q):
-    a, s = grid.scale.tolist(), grid.std.tolist()
-    rows = []
-    for i in range(grid.steps):
-        c_0 = a[i + 1] - a[i] * s[i + 1] / s[i]
-        rows.append((s[i + 1] / s[i] + c_0 * p[i], 0.0, c_0 * q[i], 0.0))
-    return rows
-
-
-def _heun_rows(grid, p, q):
-    a, sig = grid.scale.tolist(), grid.sigma.tolist()
-    rows = []
-    for i, (e, _, f, _) in enumerate(_euler_rows(grid, p, q)):
-        if not (math.isfinite(sig[i]) and sig[i + 1] > 0):
-            rows.append((e, 0.0, f, 0.0))
-            continue
-        # Slopes d = (y - D) / sigma as (slope in x, intercept): at x, and at the Euler point.
-        d_cur = ((1 / a[i] - p[i]) / sig[i], -q[i] / sig[i])
-        k = 1 / a[i + 1] - p[i + 1]
-        d_prime = (k * e / sig[i + 1], (k * f - q[i + 1]) / sig[i + 1])
-        half_h = 0.5 * (sig[i + 1] - sig[i])
-        slope = a[i + 1] * (1 / a[i] + half_h * (d_cur[0] + d_prime[0]))
-        rows.append((slope, 0.0, a[i + 1] * half_h * (d_cur[1] + d_prime[1]), 0.0))
-    return rows
-
-
-def _euler_maruyama_rows(grid, p, q):
-    a, sig = grid.scale.tolist(), grid.sigma.tolist()
-    if a[0] == 0.0:
-        raise ValueError("euler_maruyama needs a finite sigma_0: the grid starts at zero SNR")
-    rows = []
-    for i in range(grid.steps):
-        if sig[i + 1] == 0:
-            rows.append((a[i + 1] * p[i], 0.0, a[i + 1] * q[i], 0.0))
-            continue
-        rho = sig[i + 1] ** 2 / sig[i] ** 2
-        slope = a[i + 1] * (rho / a[i] + (1 - rho) * p[i])
-        noise = a[i + 1] * math.sqrt(sig[i] ** 2 - sig[i + 1] ** 2)
-        rows.append((slope, 0.0, a[i + 1] * (1 - rho) * q[i], noise))
-    return rows
-
-
-def _dpm_solver_pp_2m_rows(grid, p, q):
-    a, s, lam = grid.scale.tolist(), grid.std.tolist(), grid.log_snr.tolist()
-    h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
-    rows = []
-    for i in range(grid.steps):
-        second = i > 0 and math.isfinite(h[i - 1]) and s[i + 1] > 0
-        w = h[i] / (2 * h[i - 1]) if second else 0.0
-        k = -a[i + 1] * math.expm1(-h[i])
-        a_prev = -k * w * p[i - 1] if second else 0.0
-        b = k * ((1 + w) * q[i] - (w * q[i - 1] if second else 0.0))
-        rows.append((s[i + 1] / s[i] + k * (1 + w) * p[i], a_prev, b, 0.0))
-    return rows
-
-
-_STEP_RULES = {
-    "ddpm": _ddpm_rows,
-    "ddim": _ddim_rows,
-    "euler": _euler_rows,
-    "heun": _heun_rows,
-    "euler_maruyama": _euler_maruyama_rows,
-    "dpm_solver_pp_2m": _dpm_solver_pp_2m_rows,
-}
-
-
-def _affine(steps) -> AffineSteps:
-    if not isinstance(steps, AffineSteps):
-        raise TypeError(f"steps must be AffineSteps, got {type(steps).__name__}")
-    return steps
-
-
-def output_law(steps: AffineSteps, start_mean: float, start_var: float):
-    """Mean and variance of x_K when x_0 ~ N(start_mean, start_var), for the steps of
-    :func:`affine_steps`: exact, by carrying the joint law of (x_k, x_{k-1}) through each step,
-
-        m'  = a m + a_prev m_prev + b,
-        v'  = a^2 v + a_prev^2 v_prev + 2 a a_prev c + noise^2,     c' = a v + a_prev c,
-
-    with c = Cov[x_k, x_{k-1}]. Returns two 0-d float64 tensors.
-    """
-    steps = _affine(steps)
+def output_law(affine: AffineMap, start_mean: float, start_var: float):
+    """Mean and variance of x_K when x_0 ~ N(start_mean, start_var), independent of the noise,
+    for the map of :func:`affine_map`: mean = offset + gain_0 m, var = gain_0^2 v + sum_j
+    noise_j^2. Returns two 0-d float64 tensors."""
+    affine = _map(affine)
     m, v = _number("start_mean", start_mean), _number("start_var", start_var, 0.0)
-    m_prev = v_prev = c = 0.0
-    for a, a_prev, b, n in zip(*(x.tolist() for x in _columns(steps)), strict=True):
-        m, m_prev = a * m + a_prev * m_prev + b, m
-        v, v_prev, c = (
-            a * a * v + a_prev**2 * v_prev + 2 * a * a_prev * c + n * n,
-            v,
-            a * v + a_prev * c,
-        )
-    return torch.tensor(m, dtype=F64), torch.tensor(max(v, 0.0), dtype=F64)
+    mean = affine.offset + affine.gain[0] * m
+    return mean, affine.gain[0] ** 2 * v + affine.noise.square().sum()
 
 
-def _columns(steps: AffineSteps):
-    return steps.a, steps.a_prev, steps.b, steps.noise
-
-
-def perturbation_gain(steps: AffineSteps) -> torch.Tensor:
+def perturbation_gain(affine: AffineMap) -> torch.Tensor:
     """G_k = d x_K / d x_k for k = 0..K: how much of a perturbation of the state at grid point k
     reaches the output (G_K = 1). The noise does not depend on the state, so the gain is the same
-    for every draw. Computed backwards (the adjoint recurrence): x_k enters x_{k+1} through a_k
-    and x_{k+2} through a_prev_{k+1}, so G_k = a_k G_{k+1} + a_prev_{k+1} G_{k+2}.
-    """
-    steps = _affine(steps)
-    a, a_prev = steps.a.tolist(), steps.a_prev.tolist() + [0.0]
-    gains = [0.0] * (steps.steps + 2)
-    gains[steps.steps] = 1.0
-    for k in range(steps.steps - 1, -1, -1):
-        gains[k] = a[k] * gains[k + 1] + a_prev[k + 1] * gains[k + 2]
-    return torch.tensor(gains[: steps.steps + 1], dtype=F64)
+    for every draw. For a multistep sampler x_k also enters later steps through D(x_k)."""
+    return _map(affine).gain.clone()
 
 
 def gaussian_sampler_law(
@@ -453,7 +360,7 @@ def gaussian_sampler_law(
         start = (float(means[0]), float(variances[0]))
     if not isinstance(start, Sequence) or len(start) != 2:
         raise TypeError("start must be a pair (mean, variance) or None")
-    return output_law(affine_steps(name, grid, p, q, **options), *start)
+    return output_law(affine_map(name, grid, p, q, **options), *start)
 
 
 def gaussian_sampler_w2(
