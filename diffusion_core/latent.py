@@ -40,7 +40,7 @@ from diffusion_core.autoencoder import (
 from diffusion_core.losses import sample_t_and_noise
 from diffusion_core.nets import TextUNet
 from diffusion_core.parameterization import as_denoiser
-from diffusion_core.samplers import classifier_free_guidance, ddim, prior_sample, schedule_grid
+from diffusion_core.samplers import classifier_free_guidance, ddim, prior_sample
 from diffusion_core.schedules import Schedule, scaled_linear_schedule
 from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, drop_prompts, make_prompts
 from diffusion_core.train import ema_decay_at, update_ema
@@ -230,6 +230,8 @@ def generate(
     """
     if not isinstance(model, LatentDiffusion):
         raise TypeError(f"model must be a LatentDiffusion, got {type(model).__name__}")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got one string (write [prompt])")
     n = len(prompts)
     check_positive_int("number of prompts", n)
     context, mask = model.encode_prompts([*prompts, NULL_PROMPT])
@@ -237,9 +239,10 @@ def generate(
     def eps_given_label(z, t, labels):
         return model.eps(z, t, context[labels], mask[labels])
 
-    guided = classifier_free_guidance(eps_given_label, guidance, torch.arange(n), null_label=n)
-    denoiser = as_denoiser(guided, model.schedule, "eps")
-    grid = schedule_grid(model.schedule, steps)
+    denoiser = classifier_free_guidance(
+        as_denoiser(eps_given_label, "eps"), guidance, torch.arange(n), null_label=n
+    )
+    grid = model.schedule.grid(steps)
     shape = (n, model.vae.latent_channels, 4, 4)
     z = sampler(denoiser, prior_sample(grid, shape, generator).float(), grid, generator)
     images = model.decode_latents(z)

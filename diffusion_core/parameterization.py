@@ -158,6 +158,9 @@ def as_denoiser(net: Callable, prediction: str) -> Callable:
     the grid's ``point.scale`` and ``point.std``, Python floats, so no process is passed twice
     (a mismatch between two cannot be written) and nothing is recomputed or read from the device
     per call. ``prediction`` is one of ``"eps"``, ``"x0"``, ``"v"``; the result is float64.
+    Conditioning passes through: ``model(x, point, *cond)`` calls ``net(x, point.t, *cond)``
+    (class labels, or a prompt's context), so a conditional network becomes a conditional
+    denoiser for :func:`~diffusion_core.samplers.classifier_free_guidance`.
 
     An eps-predicting network cannot give x0 at zero SNR (scale = 0): x = eps there, and
     x0 = (x - std eps) / scale is 0 / 0. The model then raises ``ValueError`` at such a point
@@ -168,8 +171,8 @@ def as_denoiser(net: Callable, prediction: str) -> Callable:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
-    def model(x: torch.Tensor, point) -> torch.Tensor:
-        out = net(x, point.t)
+    def model(x: torch.Tensor, point, *cond) -> torch.Tensor:
+        out = net(x, point.t, *cond)
         if prediction == "x0":
             return _pair("x", x, "net(x, t)", out)[1]
         if prediction == "v":

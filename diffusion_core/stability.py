@@ -9,15 +9,17 @@ Stability has three measurable meanings in this library, one per part of the mod
 - **Reverse.** For one-dimensional Gaussian data x0 ~ N(mu, sigma_d^2) (or isotropic data,
   coordinate by coordinate) the exact denoiser is affine in x at every grid point,
   D_i(x) = p_i x + q_i (:func:`gaussian_denoiser_coefficients`). Every sampler step is then
-  affine too,
+  affine too, e.g.
 
-      x_{k+1} = a_k x_k + a'_k x_{k-1} + b_k + n_k z_k,     z_k ~ N(0, 1),
+      x_{k+1} = a_k x_k + a'_k x_{k-1} + b_k + n_k z_k,     z_k ~ N(0, 1)
 
-  (a'_k is nonzero only for the multistep DPM-Solver++), so the output law is Gaussian and is
-  computed exactly (:func:`affine_steps`, :func:`output_law`), including for the stochastic
-  samplers; so is the gain dx_K / dx_k with which a perturbation at step k reaches the output
-  (:func:`perturbation_gain`). The tests check both against the samplers of
-  :mod:`diffusion_core.samplers` themselves.
+  for a multistep sampler, so the output law is Gaussian and is computed exactly
+  (:func:`affine_map`, :func:`output_law`), including for the stochastic samplers; so is the
+  gain dx_K / dx_k with which a perturbation at step k reaches the output
+  (:func:`perturbation_gain`). Nothing of a sampler's update is written here: the map is
+  obtained by running the sampler's own step rule through the samplers' own loop on symbolic
+  states, so a sampler added to :mod:`diffusion_core.samplers` with a step rule is analysed
+  with no further code.
 - **Precision.** A harness runs a sampler with the model's inputs and outputs rounded to a low
   precision (:func:`precision_study`), and :func:`textbook_ddpm` runs Ho et al.'s Algorithm 2
   with *all* its arithmetic in a chosen dtype, to show where NaN and infinity come from.
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_core._validation import as_tensor, check_float, per_sample
+from diffusion_core._validation import as_tensor, check_float, check_number, per_sample
 from diffusion_core.metrics import gaussian_w2
 from diffusion_core.samplers import SAMPLERS, apply_steps
 from diffusion_core.schedules import TimeGrid
@@ -75,24 +77,6 @@ F64 = torch.float64
 # ------------------------------------------------------------------------------ checks
 
 
-def _number(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:
-    """A finite real number in [low, high] (inclusive), as a Python float."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value}")
-    return float(value)
-
-
-def _positive(name: str, value) -> float:
-    value = _number(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
 def _grid(grid) -> TimeGrid:
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
@@ -125,7 +109,7 @@ def chain_moments(factors, noise_vars, mean0: float = 0.0, var0: float = 1.0):
         )
     if bool((noise_vars < 0).any()):
         raise ValueError("noise_vars must be >= 0")
-    mean0, var0 = _number("mean0", mean0), _number("var0", var0, 0.0)
+    mean0, var0 = check_number("mean0", mean0), check_number("var0", var0, 0.0)
     means = torch.cat([torch.tensor([mean0], dtype=F64), mean0 * torch.cumprod(factors, 0)])
     variances = [var0]
     for f, n in zip(factors.tolist(), noise_vars.tolist(), strict=True):
@@ -189,7 +173,7 @@ def edm_input_scale(sigma, data_std: float = 0.5) -> torch.Tensor:
     sigma = as_tensor("sigma", sigma, F64)
     if bool(((sigma < 0) | torch.isnan(sigma)).any()):
         raise ValueError("sigma must be >= 0")
-    data_std = _positive("data_std", data_std)
+    data_std = check_number("data_std", data_std, 0.0, low_open=True)
     return 1.0 / (sigma**2 + data_std**2).sqrt()
 
 
@@ -202,7 +186,10 @@ def marginal_law(grid: TimeGrid, data_mean: float, data_std: float):
     mean_i = scale_i mu, var_i = scale_i^2 sigma_d^2 + std_i^2. Returns two (K + 1,) tensors.
     """
     grid = _grid(grid)
-    mu, sd = _number("data_mean", data_mean), _positive("data_std", data_std)
+    mu, sd = (
+        check_number("data_mean", data_mean),
+        check_number("data_std", data_std, 0.0, low_open=True),
+    )
     return grid.scale * mu, grid.scale**2 * sd**2 + grid.std**2
 
 
@@ -214,7 +201,10 @@ def gaussian_denoiser_coefficients(grid: TimeGrid, data_mean: float, data_std: f
     Finite at zero SNR (scale = 0: p = 0, q = mu) and at the clean point (p = 1 / scale, q = 0).
     """
     grid = _grid(grid)
-    mu, sd = _number("data_mean", data_mean), _positive("data_std", data_std)
+    mu, sd = (
+        check_number("data_mean", data_mean),
+        check_number("data_std", data_std, 0.0, low_open=True),
+    )
     var = grid.scale**2 * sd**2 + grid.std**2
     return grid.scale * sd**2 / var, mu * grid.std**2 / var
 
@@ -227,7 +217,10 @@ def gaussian_denoiser(data_mean: float, data_std: float) -> Callable:
     :meth:`~diffusion_core.analytic.GaussianMixture.x0_pred` it checks nothing about x, so NaN and
     infinity pass through it the way they pass through a network.
     """
-    mu, sd = _number("data_mean", data_mean), _positive("data_std", data_std)
+    mu, sd = (
+        check_number("data_mean", data_mean),
+        check_number("data_std", data_std, 0.0, low_open=True),
+    )
 
     def model(x: torch.Tensor, point) -> torch.Tensor:
         var = point.scale**2 * sd**2 + point.std**2
@@ -336,7 +329,7 @@ def output_law(affine: AffineMap, start_mean: float, start_var: float):
     for the map of :func:`affine_map`: mean = offset + gain_0 m, var = gain_0^2 v + sum_j
     noise_j^2. Returns two 0-d float64 tensors."""
     affine = _map(affine)
-    m, v = _number("start_mean", start_mean), _number("start_var", start_var, 0.0)
+    m, v = check_number("start_mean", start_mean), check_number("start_var", start_var, 0.0)
     mean = affine.offset + affine.gain[0] * m
     return mean, affine.gain[0] ** 2 * v + affine.noise.square().sum()
 
@@ -378,7 +371,11 @@ def _levels(scale, std, data_std):
     scale, std = as_tensor("scale", scale, F64), as_tensor("std", std, F64)
     if bool(((scale <= 0) | (std < 0) | ~torch.isfinite(scale) | ~torch.isfinite(std)).any()):
         raise ValueError("scale must be > 0 and std >= 0, both finite")
-    return scale, (std / scale) ** 2, _positive("data_std", data_std) ** 2
+    return (
+        scale,
+        (std / scale) ** 2,
+        check_number("data_std", data_std, 0.0, low_open=True) ** 2,
+    )
 
 
 def pf_ode_gain(scale, std, data_std: float) -> torch.Tensor:
@@ -444,8 +441,8 @@ def _check_dtype(dtype) -> None:
 
 
 def _cast(model: Callable, dtype: torch.dtype) -> Callable:
-    def rounded(x, t):
-        return model(x.to(dtype), t).to(dtype)
+    def rounded(x, point):
+        return model(x.to(dtype), point).to(dtype)
 
     return rounded
 
@@ -538,21 +535,21 @@ def textbook_ddpm(
 def _check_model(model) -> None:
     if not callable(model):
         raise TypeError(
-            f"model must be callable as model(x, t) -> x0_hat, got {type(model).__name__}"
+            f"model must be callable as model(x, point) -> x0_hat, got {type(model).__name__}"
         )
 
 
 def clip_denoiser(model: Callable, low: float = -1.0, high: float = 1.0) -> Callable:
-    """model(x, t) clamped to [low, high]: "static thresholding" of x0_hat (Ho et al. 2020's
+    """model(x, point) clamped to [low, high]: "static thresholding" of x0_hat (Ho et al. 2020's
     sampler clips x0_hat to [-1, 1]; Saharia et al. 2022, Sec. 2.3). Bounded data have their
     posterior mean inside the bounds, so this changes only an erring model's predictions."""
     _check_model(model)
-    low, high = _number("low", low), _number("high", high)
+    low, high = check_number("low", low), check_number("high", high)
     if not low < high:
         raise ValueError(f"need low < high, got low={low}, high={high}")
 
-    def clipped(x, t):
-        return model(x, t).clamp(low, high)
+    def clipped(x, point):
+        return model(x, point).clamp(low, high)
 
     return clipped
 
@@ -566,10 +563,10 @@ def dynamic_threshold_denoiser(model: Callable, percentile: float = 0.995) -> Ca
     single coordinate is simply clipped (s is then |x0_hat|).
     """
     _check_model(model)
-    percentile = _number("percentile", percentile, 0.0, 1.0)
+    percentile = check_number("percentile", percentile, 0.0, 1.0)
 
-    def thresholded(x, t):
-        x0_hat = model(x, t)
+    def thresholded(x, point):
+        x0_hat = model(x, point)
         flat = x0_hat.reshape(x0_hat.shape[0], -1).abs()
         s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0)
         s = per_sample(s, x0_hat)
