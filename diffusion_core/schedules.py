@@ -384,9 +384,15 @@ class Schedule(Process):
         frac = t - low
         ratio = sigmas[(low + 1).clamp(max=self.T)] / sigmas[low].clamp(min=1e-300)
         sigma = torch.where(low == 0, t * sigmas[1].clamp(max=1e300), sigmas[low] * ratio.pow(frac))
-        exact = frac == 0
-        alpha_bar = torch.where(exact, self.alpha_bars.to(t.device)[low], 1.0 / (1.0 + sigma**2))
-        return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+        # Integer times read the table; between them scale = (1 + sigma^2)^(-1/2) and std =
+        # sigma scale, which keeps std exact to round-off where 1 - alpha_bar would cancel.
+        whole = t.floor()
+        exact = t == whole  # t = T included, where frac = 1
+        alpha_bar = self.alpha_bars.to(t.device)[whole.to(torch.int64)]
+        between = (1.0 + sigma**2).rsqrt()
+        scale = torch.where(exact, alpha_bar.sqrt(), between)
+        std = torch.where(exact, (1.0 - alpha_bar).sqrt(), (sigma * between).nan_to_num(1.0))
+        return scale, std
 
     def time_at(self, sigma) -> torch.Tensor:
         """The real time at which the interpolated sigma(t) of :meth:`marginal` equals ``sigma``
