@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 from scipy import integrate
 
 from diffusion_core.schedules import (
+    EDM,
+    GRID_SPACINGS,
     SPACINGS,
     VESDE,
     VPSDE,
+    RectifiedFlow,
     Schedule,
     alpha_bar_to_log_snr,
     alpha_bar_to_sigma,
@@ -367,10 +370,18 @@ def test_discrete_time_out_of_range(t):
         linear_schedule(10).marginal(t)
 
 
-@pytest.mark.parametrize("t", [0.5, torch.tensor([0.5]), True, "3"])
+@pytest.mark.parametrize("t", [0.5, True, "3"])
 def test_discrete_time_must_be_integer(t):
+    # Real times are a floating-point tensor (the interpolation between steps); a Python float,
+    # a bool or a string is refused.
     with pytest.raises(TypeError, match="^t must"):
         linear_schedule(10).marginal(t)
+
+
+@pytest.mark.parametrize("t", [10.5, -0.5, math.nan])
+def test_real_time_out_of_range(t):
+    with pytest.raises(ValueError, match=r"^t must"):
+        linear_schedule(10).marginal(torch.tensor([1.0, t], dtype=torch.float64))
 
 
 @pytest.mark.parametrize(
@@ -476,3 +487,150 @@ def test_schedule_builders_bad_arguments():
         rescale_zero_terminal_snr(torch.full((10,), 0.01))
     with pytest.raises(ValueError, match="^alpha_bars must"):
         Schedule.from_alpha_bars(torch.full((2, 2), 0.5))
+
+
+# --- the process protocol: time_at, interpolation between steps, grids ----------------------
+
+
+def sigma_of(process, t):
+    scale, std = process.marginal(t)
+    return std / scale
+
+
+PROCESSES = {
+    "linear": linear_schedule(),
+    "cosine": cosine_schedule(),
+    "VPSDE": VPSDE(),
+    "VESDE": VESDE(),
+    "EDM": EDM(),
+    "rectified flow": RectifiedFlow(),
+}
+
+
+def top_sigma(process):
+    """The largest finite noise level time_at accepts: sigma(t_max), or 1e4 at zero SNR."""
+    if isinstance(process, Schedule):
+        return float(process.sigmas[-1])
+    sigma = float(sigma_of(process, torch.tensor([float(process.t_max)], dtype=torch.float64)))
+    return sigma if math.isfinite(sigma) else 1e4
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_time_at_inverts_the_marginal_to_round_off(name):
+    # sigma(time_at(sigma)) = sigma up to the rounding of the time itself, amplified by the
+    # condition number |d log sigma / d log t| (a relative error eps in t moves sigma by that
+    # much; t near T = 1000 keeps only eps * 1000 of its fraction), plus a handful of roundings
+    # (8 eps) in time_at and marginal. VESDE's std = (sigma(t)^2 - sigma_min^2)^(1/2) also
+    # cancels where sigma << sigma_min, which costs another factor sigma_min^2 / sigma^2.
+    process = PROCESSES[name]
+    sigma = torch.logspace(-4, math.log10(top_sigma(process)), 801, dtype=torch.float64)
+    sigma[-1] = top_sigma(process)  # logspace may round past the end
+    t = process.time_at(sigma)
+    assert bool((t.diff() > 0).all()) and float(t.min()) >= 0 and float(t.max()) <= process.t_max
+    t = t.detach().requires_grad_(True)
+    log_sigma = sigma_of(process, t).log()
+    (slope,) = torch.autograd.grad(log_sigma.sum(), t)
+    condition = 1 + (t * slope).abs().detach()
+    if isinstance(process, VESDE):
+        condition = condition + process.sigma_min**2 / sigma**2
+    relative = (log_sigma.detach().exp() - sigma).abs() / sigma
+    assert bool((relative <= 8 * EPS * condition).all()), float((relative / condition).max() / EPS)
+    # The ends: sigma = 0 is the clean time 0; rectified flow reaches t = 1 at sigma = inf.
+    assert float(process.time_at(torch.zeros(1, dtype=torch.float64))) == 0.0
+    if isinstance(process, RectifiedFlow):
+        assert float(process.time_at(torch.tensor([math.inf], dtype=torch.float64))) == 1.0
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_time_at_refuses_noise_levels_beyond_the_schedule(name):
+    schedule = PROCESSES[name]
+    with pytest.raises(ValueError, match="^sigma must lie in"):
+        schedule.time_at(torch.tensor([1.01 * float(schedule.sigmas[-1])], dtype=torch.float64))
+    with pytest.raises(ValueError, match="^sigma must lie in"):
+        schedule.time_at(-1.0)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [linear_schedule(), cosine_schedule(), rescale_zero_terminal_snr(scaled_linear_schedule())],
+    ids=["linear", "cosine", "zero terminal SNR"],
+)
+def test_real_times_interpolate_log_sigma_and_equal_the_table_at_the_integers(schedule):
+    T = schedule.T
+    steps = torch.arange(T + 1)
+    table, real = schedule.marginal(steps), schedule.marginal(steps.double())
+    assert torch.equal(table[0], real[0]) and torch.equal(table[1], real[1])  # t = T included
+    # Between the steps log sigma is linear in t: the midpoint is the geometric mean of the two
+    # neighbours (to a few roundings of log sigma, absolute), and sigma(1/2) = sigma_1 / 2.
+    k = torch.arange(1, T - 1)
+    log_sigmas = schedule.sigmas.log()
+    mid = sigma_of(schedule, k.double() + 0.5).log()
+    expected = 0.5 * (log_sigmas[k] + log_sigmas[k + 1])
+    assert float((mid - expected).abs().max()) <= 8 * EPS * float(log_sigmas[1:T].abs().max())
+    half = float(sigma_of(schedule, torch.tensor([0.5], dtype=torch.float64)))
+    assert math.isclose(half, float(schedule.sigmas[1]) / 2, rel_tol=4 * EPS)
+    # Monotone: sigma rises strictly along a fine real grid through every step.
+    t = torch.linspace(0, T - 1, 20 * (T - 1) + 1, dtype=torch.float64)
+    assert bool((sigma_of(schedule, t).diff() > 0).all())
+
+
+def condition_of_schedule_time(schedule):
+    """1 + T max_k |log(sigma_{k+1} / sigma_k)|: how far the rounding of a real time in 0..T
+    (relative eps) moves sigma (relative), at worst over the schedule."""
+    steps = schedule.sigmas[1:].log().diff().abs().max()
+    return 1 + schedule.T * max(float(steps), 1.0)
+
+
+@pytest.mark.parametrize("k", [2, 10, 37])
+def test_karras_and_log_snr_grids_on_a_discrete_schedule(k):
+    schedule = linear_schedule()
+    sigma_1, sigma_T = float(schedule.sigmas[1]), float(schedule.sigmas[-1])
+    tolerance = 8 * EPS * condition_of_schedule_time(schedule)
+    # Karras: the noise levels are karras_sigmas itself, from x_T's sigma_T = 157.4 down to
+    # sigma_1 (not from VPSDE's sigma(1) = 152.2, the continuous process of the same betas).
+    grid = schedule.grid(k, "karras", rho=7.0)
+    assert grid.t.dtype == torch.float64 and grid.t[0] == 1000.0 and grid.t[-2] == 1.0
+    assert grid.t[-1] == 0.0 and (float(grid.scale[-1]), float(grid.std[-1])) == (1.0, 0.0)
+    assert float(grid.sigma[0]) == sigma_T and abs(sigma_T - 157.4) < 0.01
+    vp_start = float(VPSDE().grid(k, "karras").sigma[0])
+    assert abs(vp_start - 152.2) < 0.05
+    expected = karras_sigmas(k, sigma_1, sigma_T, 7.0)
+    torch.testing.assert_close(grid.sigma[:-1], expected, rtol=tolerance, atol=0)
+    # log-SNR: evenly spaced in log sigma between the same ends (absolute error of log sigma =
+    # relative error of sigma).
+    grid = schedule.grid(k, "log_snr")
+    assert float(grid.sigma[0]) == sigma_T and grid.t[-2] == 1.0
+    log_sigma = grid.sigma[:-1].log()
+    even = torch.linspace(math.log(sigma_T), math.log(sigma_1), k, dtype=torch.float64)
+    assert float((log_sigma - even).abs().max()) <= tolerance + 8 * EPS * math.log(sigma_T)
+    assert bool((grid.log_snr.diff() > 0).all())
+
+
+def test_uniform_spacing_on_a_discrete_schedule_gives_real_times():
+    schedule = linear_schedule(100)
+    grid = schedule.grid(7, "uniform")
+    expected = torch.cat([torch.linspace(100, 1, 7, dtype=torch.float64), torch.zeros(1)])
+    assert torch.equal(grid.t, expected.double())
+    scale, std = schedule.marginal(grid.t)
+    assert torch.equal(grid.scale, scale) and torch.equal(grid.std, std)
+    assert set(schedule.spacings) == set(SPACINGS) | set(GRID_SPACINGS)
+    assert VPSDE().spacings == GRID_SPACINGS
+
+
+def test_grids_of_the_continuous_processes():
+    # Rectified flow starts at pure noise (scale 0, std 1) and is uniform in t by default.
+    grid = RectifiedFlow().grid(4)
+    expected = torch.cat([torch.linspace(1.0, 1e-3, 4, dtype=torch.float64), torch.zeros(1)])
+    assert torch.equal(grid.t, expected.double())
+    assert float(grid.scale[0]) == 0.0 and float(grid.std[0]) == 1.0
+    torch.testing.assert_close(grid.scale + grid.std, torch.ones(5, dtype=torch.float64))
+    # EDM: t = sigma, Karras spacing by default.
+    grid = EDM(0.002, 80.0).grid(6)
+    assert torch.equal(grid.t[:-1], karras_sigmas(6, 0.002, 80.0)) and torch.equal(grid.std, grid.t)
+    # A Karras grid needs a finite sigma at t_max: not rectified flow's t = 1, but t_max < 1.
+    with pytest.raises(ValueError, match="finite noise level at t_max"):
+        RectifiedFlow().grid(5, "karras")
+    grid = RectifiedFlow().grid(5, "karras", t_max=0.99)
+    torch.testing.assert_close(
+        grid.sigma[:-1], karras_sigmas(5, 1e-3 / 0.999, 99.0), rtol=8 * EPS * 100, atol=0
+    )
