@@ -262,8 +262,10 @@ class Process(ABC):
             sigma = torch.logspace(
                 math.log10(sigma_max), math.log10(sigma_min), steps, dtype=torch.float64
             )
-        t = self.time_at(sigma).clamp(t_min, t_max)
-        t[0], t[-1] = t_max, t_min  # exact ends, as karras_sigmas pins its own
+        # Exact ends, as karras_sigmas pins its own; only the inner levels are mapped back (the
+        # end levels, recomputed from the marginal, may lie an ulp outside time_at's range).
+        t = torch.tensor([t_max] * (steps - 1) + [t_min], dtype=torch.float64)
+        t[1:-1] = self.time_at(sigma[1:-1]).clamp(t_min, t_max)
         return t
 
     @property

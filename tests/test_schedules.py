@@ -634,3 +634,17 @@ def test_grids_of_the_continuous_processes():
     torch.testing.assert_close(
         grid.sigma[:-1], karras_sigmas(5, 1e-3 / 0.999, 99.0), rtol=8 * EPS * 100, atol=0
     )
+
+
+@pytest.mark.parametrize("T", [10, 50, 200, 500, 1000])
+@pytest.mark.parametrize("builder", [linear_schedule, cosine_schedule, scaled_linear_schedule])
+def test_karras_and_log_snr_grids_build_on_every_discrete_schedule(builder, T):
+    # The end levels are recomputed from the marginal, which may round an ulp above the table's
+    # sigma_T that time_at accepts: the grid must not depend on that rounding (linear 50, 200,
+    # 500 and scaled linear 500, 1000 once raised "sigma must lie in [0, sigma_T]").
+    schedule = builder(T)
+    for spacing in ("karras", "log_snr"):
+        for k in (2, 7, T):
+            grid = schedule.grid(k, spacing)
+            assert grid.steps == k and grid.t[0] == T and grid.t[-2] == 1 and grid.t[-1] == 0
+            assert float(grid.sigma[0]) == float(sigma_of(schedule, torch.tensor([T])))
