@@ -1,11 +1,11 @@
 """Training throughput (samples per second) of the library's networks, on the CPU and a GPU.
 
 Each row times :func:`diffusion_core.train.train` as a user calls it (minibatch draw, loss,
-backward, gradient clipping, AdamW, EMA, the loss read back each step) on random data of the
-right shape; the content of the data does not change the cost. A short run first warms up
-(allocators, cuDNN's algorithm search, ``torch.compile``'s compilation), then a run of
-``--steps`` steps (``--unet-steps`` for the U-Net on the CPU, where one step takes seconds) is
-timed, ``--repeats`` times, and the median is reported.
+backward, gradient clipping, AdamW, EMA, the losses read back every ``log_every`` steps) on
+random data of the right shape; the content of the data does not change the cost. A short run
+first warms up (allocators, cuDNN's algorithm search, ``torch.compile``'s compilation), then a
+run of ``--steps`` steps (``--unet-steps`` for the U-Net on the CPU, where one step takes
+seconds) is timed, ``--repeats`` times, and the median is reported.
 
 Networks: the MLP of the 2-D chapters (``nets.MLPDenoiser``, default size, batch 256) and, if
 the library has one, the image U-Net (``nets.UNet``, default size, batch 64 of 1 x 28 x 28);
@@ -25,8 +25,9 @@ import torch
 from common import header, synchronize, table
 
 from diffusion_core import nets
+from diffusion_core.losses import DiffusionLoss
 from diffusion_core.schedules import linear_schedule
-from diffusion_core.train import TrainConfig, train
+from diffusion_core.train import RunConfig, TrainConfig, train
 
 
 def networks():
@@ -43,13 +44,15 @@ def throughput(make_net, shape, batch, device, steps, repeats, **settings) -> fl
     torch.manual_seed(0)
     net = make_net()
     data = torch.randn(4 * batch, *shape)
-    schedule = linear_schedule(1000)
+    objective = DiffusionLoss(linear_schedule(1000))
 
     def run(n_steps: int) -> float:
-        config = TrainConfig(steps=n_steps, batch_size=batch, ema_decay=0.999, **settings)
+        config = TrainConfig(steps=n_steps, batch_size=batch, ema_decay=0.999)
         synchronize(device)
         start = time.perf_counter()
-        train(net, data, schedule, config, progress=False, device=device)
+        train(
+            net, data, objective, config, run=RunConfig(**settings), progress=False, device=device
+        )
         synchronize(device)
         return time.perf_counter() - start
 

@@ -40,12 +40,17 @@ training latents (Rombach et al. 2022, the ``scale_by_std`` option of their code
 Diffusion's 0.18215 is this number for its autoencoder).
 :func:`latent_scale_factor` computes it from data.
 
+Training. :class:`ELBOLoss` is this loss as an objective of the library's training loop
+(:func:`diffusion_core.train.train`); :func:`train_autoencoder` runs that loop with the recipe
+of :class:`AutoencoderConfig`.
+
 Used by the latent diffusion chapter, together with :mod:`diffusion_core.text`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +58,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_core._validation import check_float, check_positive_int
-from diffusion_core.device import get_device
+from diffusion_core import distributed
+from diffusion_core._validation import (
+    check_float,
+    check_number,
+    check_positive_int,
+    check_torch_generator,
+)
+from diffusion_core.losses import Objective
+from diffusion_core.train import RunConfig, TrainConfig, TrainResult, train
 
 __all__ = [
+    "LOGVAR_RANGE",
     "AutoencoderConfig",
     "ConvVAE",
+    "ELBOLoss",
     "elbo_terms",
     "kl_to_standard_normal",
     "latent_scale_factor",
@@ -95,10 +109,11 @@ class ConvVAE(nn.Module):
                  silu, conv(c -> C)  ->  x_hat
 
     The encoder-decoder of latent diffusion (Rombach et al. 2022) without its normalisation and
-    attention layers, which a network this small and shallow does not need. H and W must be
-    even. The defaults (C = 1, c = 16, c_z = 2) have 56,581 parameters and map an 8x8 digit to
-    a 2x4x4 latent. Weights use PyTorch's default initialisation (determined by the global
-    seed; :func:`train_autoencoder` seeds it itself).
+    attention layers, which a network this small and shallow does not need. The latent has
+    ceil(H/2) x ceil(W/2) positions; training needs H and W even. The defaults (C = 1, c = 16,
+    c_z = 2) have 56,581 parameters and map an 8x8 digit to a 2x4x4 latent. Weights use
+    PyTorch's default initialisation (determined by the global seed; :func:`train_autoencoder`
+    seeds it itself).
 
     Inputs are cast to the parameters' dtype; outputs have the input's dtype.
     """
@@ -145,9 +160,23 @@ class ConvVAE(nn.Module):
         dtype = self.decoder[0].weight.dtype
         return self.decoder(z.to(dtype)).to(z.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic reconstruction D(mean(x)), the one used to judge the autoencoder."""
-        return self.decode(self.encode(x)[0])
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
+        """The deterministic reconstruction D(mean(x)), the one used to judge the autoencoder.
+
+        Given ``noise`` eps, shaped like the latent, the training pass instead:
+        ``(D(z), mean, logvar)`` with z = mean + exp(logvar / 2) eps, one draw from q(z | x)
+        (the reparameterisation of :func:`sample_latent`), everything :func:`elbo_terms` needs
+        from one call of the network (the call that DDP and ``torch.compile`` wrap).
+        """
+        mean, logvar = self.encode(x)
+        if noise is None:
+            return self.decode(mean)
+        check_float("noise", noise)
+        if noise.shape != mean.shape:
+            raise ValueError(
+                f"noise must have the latent's shape {tuple(mean.shape)}, got {tuple(noise.shape)}"
+            )
+        return self.decode(_reparameterise(mean, logvar, noise)), mean, logvar
 
 
 def sample_latent(
@@ -165,9 +194,17 @@ def sample_latent(
         raise ValueError(
             f"logvar must have the shape of mean {tuple(mean.shape)}, got {tuple(logvar.shape)}"
         )
-    _check_generator(generator)
-    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=generator.device)
+    check_torch_generator("generator", generator)
+    return _reparameterise(mean, logvar, _standard_normal(mean.shape, mean, generator))
+
+
+def _reparameterise(mean, logvar, eps) -> torch.Tensor:
     return mean + torch.exp(0.5 * logvar) * eps.to(mean.device)
+
+
+def _standard_normal(shape, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """eps ~ N(0, I) of ``shape`` in ``like``'s dtype, drawn on the generator's device."""
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
 
 
 def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -198,10 +235,49 @@ def elbo_terms(
     The loss is mean(reconstruction + beta kl), see the module docstring.
     """
     _check_model(model)
-    mean, logvar = model.encode(x)
-    reconstruction = model.decode(sample_latent(mean, logvar, generator))
+    _check_images("x", x, model.image_channels)
+    check_torch_generator("generator", generator)
+    noise = _standard_normal(_latent_shape(x, model.latent_channels), x, generator)
+    return _elbo(x, *model(x, noise))
+
+
+def _latent_shape(x: torch.Tensor, channels: int) -> tuple[int, ...]:
+    """(n, c_z, ceil(H/2), ceil(W/2)): the shape of the latents of images ``x``."""
+    n, _, height, width = x.shape
+    return (n, channels, (height + 1) // 2, (width + 1) // 2)
+
+
+def _elbo(x, reconstruction, mean, logvar) -> tuple[torch.Tensor, torch.Tensor]:
     squared_error = (reconstruction - x).square().reshape(x.shape[0], -1).sum(dim=1)
     return squared_error, kl_to_standard_normal(mean, logvar)
+
+
+@dataclass(frozen=True)
+class ELBOLoss(Objective):
+    """The autoencoder's loss as a training objective: per image,
+
+        loss = ||x - D(z)||^2 + beta KL(q(z | x) || N(0, I)),  z ~ q(z | x),
+
+    beta = ``kl_weight`` (:func:`elbo_terms`). The posterior noise is drawn for the global batch
+    (shaped like latents with ``latent_channels`` channels), then this process's shard goes
+    through the network.
+    """
+
+    kl_weight: float = 1e-4
+    latent_channels: int = 2
+
+    def __post_init__(self):
+        check_number("kl_weight", self.kl_weight, 0.0, high_open=True)
+        check_positive_int("latent_channels", self.latent_channels)
+
+    def __call__(self, net, x: torch.Tensor, labels, generator: torch.Generator):
+        """The per-image loss of this process's shard of ``x``, shape (n / W,)."""
+        if x.ndim != 4:
+            raise ValueError(f"x must have shape (n, C, H, W), got {tuple(x.shape)}")
+        noise = _standard_normal(_latent_shape(x, self.latent_channels), x, generator)
+        x, noise = distributed.shard(x, noise)
+        reconstruction, kl = _elbo(x, *net(x, noise.to(x.device)))
+        return reconstruction + self.kl_weight * kl
 
 
 @dataclass(frozen=True)
@@ -230,27 +306,47 @@ class AutoencoderConfig:
         check_positive_int("latent_channels", self.latent_channels)
         check_positive_int("steps", self.steps)
         check_positive_int("batch_size", self.batch_size)
-        _check_number("lr", self.lr, positive=True)
-        _check_number("weight_decay", self.weight_decay)
-        _check_number("kl_weight", self.kl_weight)
+        check_number("lr", self.lr, 0.0, low_open=True, high_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0, high_open=True)
+        check_number("kl_weight", self.kl_weight, 0.0, high_open=True)
         check_positive_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
+
+    def training(self, draw_seed: int) -> TrainConfig:
+        """The loop's settings of this recipe: AdamW with the half-cosine decay, no gradient
+        clipping, no EMA, one generator (seeded with ``draw_seed``) for every draw."""
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            lr_schedule="cosine",
+            grad_clip=None,
+            ema_decay=None,
+            seed=draw_seed,
+            shared_generator=True,
+        )
 
 
 def train_autoencoder(
     data: torch.Tensor,
     config: AutoencoderConfig | None = None,
     device: str | torch.device | None = None,
-) -> ConvVAE:
-    """Train a :class:`ConvVAE` on ``data`` (N, C, H, W) in [-1, 1]; return it frozen.
+    *,
+    run: RunConfig | None = None,
+    progress: bool | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Train a :class:`ConvVAE` on ``data`` (N, C, H, W) in [-1, 1] with :class:`ELBOLoss`.
 
-    The result is in eval mode with gradients off: latent diffusion trains its autoencoder
-    first and keeps it fixed while the diffusion model learns in its latent space.
+    Returns the :class:`~diffusion_core.train.TrainResult` of the loop, whose ``net`` is the
+    autoencoder in eval mode with gradients off: latent diffusion trains its autoencoder first
+    and keeps it fixed while the diffusion model learns in its latent space.
 
     Deterministic: the initial weights, the minibatches and the latent noise all come from
     ``config.seed`` (two streams split by NumPy's SeedSequence; the global random state is left
     as it was). On the CPU with a fixed thread count (:func:`diffusion_core.device.
-    seed_everything`) two runs with the same config give bitwise equal weights. ``device``: as
-    for :func:`diffusion_core.train.train` (the CPU unless asked otherwise).
+    seed_everything`) two runs with the same config give bitwise equal weights. ``device``,
+    ``run``, ``progress`` and ``resume_from``: as for :func:`diffusion_core.train.train`.
     """
     config = AutoencoderConfig() if config is None else config
     if not isinstance(config, AutoencoderConfig):
@@ -260,28 +356,23 @@ def train_autoencoder(
         raise ValueError(f"data must have N >= 1 and even H and W, got {tuple(data.shape)}")
     if bool((data.abs() > 1).any()):
         raise ValueError("data must lie in [-1, 1] (digits: grey level / 8 - 1)")
-    device = device if isinstance(device, torch.device) else get_device(device)
-
     init_seed, draw_seed = np.random.SeedSequence(config.seed).generate_state(2, dtype=np.uint64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(init_seed))
         model = ConvVAE(data.shape[1], config.channels, config.latent_channels)
-    generator = torch.Generator().manual_seed(int(draw_seed))
-    model.to(device).train()
-    data = data.to(device=device, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    objective = ELBOLoss(config.kl_weight, config.latent_channels)
+    result = train(
+        model,
+        data.float(),
+        objective,
+        config.training(int(draw_seed)),
+        run=run,
+        progress=progress,
+        device=device,
+        resume_from=resume_from,
     )
-    for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
-        index = torch.randint(data.shape[0], (config.batch_size,), generator=generator)
-        reconstruction, kl = elbo_terms(model, data[index.to(device)], generator)
-        loss = (reconstruction + config.kl_weight * kl).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval().requires_grad_(False)
+    result.net.eval().requires_grad_(False)
+    return result
 
 
 @torch.no_grad()
@@ -329,16 +420,3 @@ def _check_images(name: str, x, channels: int | None = None) -> None:
 def _check_model(model) -> None:
     if not isinstance(model, ConvVAE):
         raise TypeError(f"model must be a ConvVAE, got {type(model).__name__}")
-
-
-def _check_generator(generator) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
-
-def _check_number(name: str, value, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value}")

@@ -5,12 +5,12 @@ argument or by the environment variable ``DIFFUSION_DEVICE`` (``cpu``, ``cuda``,
 ``auto``).
 
 The CUDA path uses the same code as the CPU path, with three switches that matter only on a GPU:
-TF32 matrix products (:func:`use_tf32`), bfloat16 autocast for the network's forward pass
-(:func:`autocast_context`) and, optionally, ``torch.compile`` (:func:`maybe_compile`). Each is a
-no-op on the CPU. Sampler arithmetic stays float64 on both devices. :func:`per_sample_noise`
-and :func:`per_sample_generators` give every sample its own random stream, so that a sample's
-starting noise, and with a stochastic sampler its whole path, does not depend on how the
-samples are batched (or spread over GPUs, :mod:`diffusion_core.distributed`).
+TF32 matrix products (:func:`use_tf32`, or :func:`tf32_context` for the length of a block),
+bfloat16 autocast for the network's forward pass (:func:`autocast_context`) and, optionally,
+``torch.compile`` (:func:`maybe_compile`). Each is a no-op on the CPU. Sampler arithmetic
+stays float64 on both devices. :func:`per_sample_noise` and :func:`per_sample_generators` give
+every sample its own random stream, so that a sample's starting noise, and with a stochastic
+sampler its whole path, does not depend on how the samples are batched (or spread over GPUs, :mod:`diffusion_core.distributed`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,23 @@ import torch
 from torch import nn
 
 from diffusion_core._validation import check_positive_int, check_shape
+
+__all__ = [
+    "DEFAULT_THREADS",
+    "DEVICE_ENV",
+    "autocast_context",
+    "check_generator",
+    "generator_device",
+    "get_device",
+    "maybe_compile",
+    "per_sample_generators",
+    "per_sample_noise",
+    "sample_seeds",
+    "seed_everything",
+    "standard_normal",
+    "tf32_context",
+    "use_tf32",
+]
 
 DEVICE_ENV = "DIFFUSION_DEVICE"
 DEFAULT_THREADS = 1
@@ -98,6 +115,22 @@ def use_tf32(device: str | torch.device, enabled: bool = True) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def tf32_context(device: str | torch.device, enabled: bool = True):
+    """:func:`use_tf32` for the duration of a block, then the two global flags as they were.
+
+    A training run on a GPU wants TF32 (or, for a full-float32 comparison, not), but the flags
+    are process-wide: set and left, they would change every later float32 product of the
+    session, samplers' networks included. Restored also when the block raises.
+    """
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        use_tf32(device, enabled)
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 def autocast_context(
     device: str | torch.device, enabled: bool = True, dtype: torch.dtype = torch.bfloat16
 ) -> contextlib.AbstractContextManager:
@@ -125,7 +158,7 @@ def maybe_compile(net: nn.Module, enabled: bool, **options) -> nn.Module:
     The compiled module shares its parameters with ``net`` (train and checkpoint ``net``, call
     the compiled one). Compilation happens at the first call and takes tens of seconds; it pays
     off for long runs on a GPU, not for the book's short CPU runs, hence off by default where
-    it is used (:class:`diffusion_core.train.TrainConfig`).
+    it is used (:class:`diffusion_core.train.RunConfig`).
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")

@@ -117,35 +117,35 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """This process's rows of each tensor of a global batch: rows r n/W .. (r + 1) n/W - 1.
+def shard(*items):
+    """This process's rows of each item of a global batch: rows r n/W .. (r + 1) n/W - 1.
 
-    All tensors must have the same number n of rows, divisible by the world size W, so that
-    every process gets the same number of samples (then DDP's average of the per-process mean
-    losses is the mean over the global batch). ``None`` passes through (an absent optional
-    input, such as the labels of an unconditional run). In a single process the tensors come
-    back unchanged.
+    An item is a tensor with a batch axis first, a list of n entries (such as the prompts of a
+    minibatch) or ``None`` (an absent optional input, such as the labels of an unconditional
+    run), which passes through. All items must have the same number n of rows, divisible by the
+    world size W, so that every process gets the same number of samples (then DDP's average of
+    the per-process mean losses is the mean over the global batch). In a single process the
+    items come back unchanged.
     """
-    present = [tensor for tensor in tensors if tensor is not None]
+    present = [item for item in items if item is not None]
     if not present:
         raise ValueError("shard needs at least one tensor")
-    for tensor in present:
-        if not isinstance(tensor, torch.Tensor) or tensor.ndim < 1:
-            raise TypeError("shard takes tensors with a batch axis first (or None)")
-    n = present[0].shape[0]
-    if any(tensor.shape[0] != n for tensor in present):
-        sizes = [tensor.shape[0] for tensor in present]
-        raise ValueError(f"the tensors must share their batch size, got {sizes}")
+    for item in present:
+        if not (isinstance(item, list) or (isinstance(item, torch.Tensor) and item.ndim >= 1)):
+            raise TypeError("shard takes tensors with a batch axis first, lists (or None)")
+    n = len(present[0])
+    if any(len(item) != n for item in present):
+        raise ValueError(f"the items must share their batch size, got {[len(i) for i in present]}")
     size, index = world_size(), rank()
     if size == 1:
-        return tensors
+        return items
     if n % size:
         raise ValueError(
             f"the global batch of {n} samples does not split evenly over {size} processes; "
             "choose a batch size divisible by the number of processes"
         )
     rows = slice(index * (n // size), (index + 1) * (n // size))
-    return tuple(None if tensor is None else tensor[rows] for tensor in tensors)
+    return tuple(None if item is None else item[rows] for item in items)
 
 
 def average(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,13 +18,15 @@ sample size. :func:`accuracy` is the classifier's accuracy on class-conditional 
 
 Models. :data:`DIGITS_MODELS` holds the configurations of the two denoisers of the book (a
 :class:`~diffusion_core.nets.UNet` trained on the training split with the simple eps-loss),
-trained by ``scripts/train_digits.py`` into ``checkpoints/``; :func:`load_digits_model` reads
-such a checkpoint back.
+trained by ``scripts/train_digits.py`` into ``checkpoints/``; :func:`digits_recipe` turns their
+settings into the objective and the config of :func:`diffusion_core.train.train`, and
+:func:`load_digits_model` reads such a checkpoint back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -38,10 +40,13 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from diffusion_core import metrics
-from diffusion_core._validation import check_float, check_positive_int
+from diffusion_core import distributed, metrics
+from diffusion_core import train as training
+from diffusion_core._validation import check_float, check_labels, check_positive_int
+from diffusion_core.losses import DiffusionLoss, Objective
 from diffusion_core.nets import UNet
 from diffusion_core.schedules import Schedule, linear_schedule
+from diffusion_core.train import RunConfig, TrainConfig, TrainResult
 
 __all__ = [
     "CACHE_ENV",
@@ -49,6 +54,7 @@ __all__ = [
     "DIGITS_MODELS",
     "IMAGE_SHAPE",
     "NUM_CLASSES",
+    "ClassifierLoss",
     "DigitsClassifier",
     "DigitsSplit",
     "ImageScores",
@@ -56,6 +62,7 @@ __all__ = [
     "build_net",
     "classifier_features",
     "digits_classifier",
+    "digits_recipe",
     "digits_schedule",
     "image_scores",
     "load_digits_model",
@@ -150,6 +157,23 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class ClassifierLoss(Objective):
+    """The cross-entropy of a classifier as a training objective: per image,
+
+        loss = -log softmax(net(x))_y,
+
+    the negative log-likelihood of the true class y, averaged over this process's shard of the
+    batch (``F.cross_entropy``). It draws nothing.
+    """
+
+    def __call__(self, net, x: torch.Tensor, labels, generator: torch.Generator):
+        if labels is None:
+            raise ValueError("ClassifierLoss needs labels, one class per image")
+        x, labels = distributed.shard(x, labels)
+        return F.cross_entropy(net(x), labels.to(x.device))
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -158,28 +182,45 @@ def train_classifier(
     batch_size: int = _CLASSIFIER_DEFAULTS["batch_size"],
     lr: float = _CLASSIFIER_DEFAULTS["lr"],
     weight_decay: float = _CLASSIFIER_DEFAULTS["weight_decay"],
-) -> DigitsClassifier:
-    """Train a :class:`DigitsClassifier` with AdamW and the cross-entropy loss, on one thread.
+    *,
+    run: RunConfig | None = None,
+    progress: bool | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Train a :class:`DigitsClassifier` with AdamW on :class:`ClassifierLoss`, on one thread.
 
     Deterministic: the initial weights come from ``seed`` (the global random state is left as
     it was) and the minibatches (drawn with replacement) from a generator seeded with it. The
-    result is in eval mode without gradients.
+    result's ``net`` is the classifier, in eval mode without gradients. ``run``, ``progress``
+    and ``resume_from``: as for :func:`diffusion_core.train.train`.
     """
     images = check_float("images", images).float()
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
+    labels = check_labels("labels", labels, images.shape[0], NUM_CLASSES)
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=None,
+        ema_decay=None,
+        seed=seed,
+        shared_generator=True,
+    )
     with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        classifier = DigitsClassifier()
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
-        for _ in range(steps):
-            index = torch.randint(len(images), (batch_size,), generator=generator)
-            loss = F.cross_entropy(classifier(images[index]), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return classifier.eval().requires_grad_(False)
+        result = training.train(
+            DigitsClassifier(),
+            images,
+            ClassifierLoss(),
+            config,
+            labels=labels,
+            run=run,
+            progress=progress,
+            device="cpu",
+            resume_from=resume_from,
+        )
+    result.net.eval().requires_grad_(False)
+    return result
 
 
 def _cache_dir(cache_dir) -> pathlib.Path:
@@ -206,7 +247,8 @@ def digits_classifier(
     split = load_digits_split() if split is None else split
     key = hashlib.sha256()
     key.update(json.dumps({**_CLASSIFIER_DEFAULTS, "torch": str(torch.__version__)}).encode())
-    for code in (DigitsClassifier, train_classifier):  # a changed network or recipe: a new name
+    recipe = (DigitsClassifier, ClassifierLoss, train_classifier, training)
+    for code in recipe:  # a changed network, objective or loop: a new name
         with contextlib.suppress(OSError, TypeError):
             key.update(inspect.getsource(code).encode())
     for tensor in (split.train_images, split.train_labels):
@@ -217,11 +259,9 @@ def digits_classifier(
         with contextlib.suppress(Exception):  # an unreadable cache is retrained below
             classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return classifier.eval().requires_grad_(False)
-    classifier = train_classifier(split.train_images, split.train_labels)
+    classifier = train_classifier(split.train_images, split.train_labels).net
     with contextlib.suppress(OSError):
-        from diffusion_core.train import save_checkpoint  # atomic write
-
-        save_checkpoint(path, classifier.state_dict())
+        training.save_checkpoint(path, classifier.state_dict())  # atomic write
     return classifier
 
 
@@ -331,13 +371,28 @@ DIGITS_MODELS = {
         "init_seed": 1,
     },
 }
-"""The two denoisers of the book: network, training settings (:class:`TrainConfig` fields) and
-the seed of the initial weights. Both predict eps under :func:`digits_schedule`."""
+"""The two denoisers of the book: network, training settings (fields of
+:class:`~diffusion_core.losses.DiffusionLoss` and :class:`~diffusion_core.train.TrainConfig`,
+:func:`digits_recipe`) and the seed of the initial weights. Both predict eps under
+:func:`digits_schedule`."""
 
 
 def digits_schedule() -> Schedule:
     """The noise schedule of the digits models: DDPM's linear schedule, T = 1000."""
     return linear_schedule(1000)
+
+
+def digits_recipe(settings: dict) -> tuple[DiffusionLoss, TrainConfig]:
+    """The objective and the config of a ``"train"`` entry of :data:`DIGITS_MODELS` (or of a
+    checkpoint's record of it): the names that are fields of
+    :class:`~diffusion_core.losses.DiffusionLoss` (under :func:`digits_schedule`) go to the
+    objective, the others to :class:`~diffusion_core.train.TrainConfig`."""
+    loss_fields = {item.name for item in dataclasses.fields(DiffusionLoss)}
+    objective = DiffusionLoss(
+        digits_schedule(), **{k: v for k, v in settings.items() if k in loss_fields}
+    )
+    config = TrainConfig(**{k: v for k, v in settings.items() if k not in loss_fields})
+    return objective, config
 
 
 def build_net(net_config: dict) -> UNet:

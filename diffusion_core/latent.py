@@ -17,12 +17,14 @@ prompt so that one network is both conditional and unconditional, what classifie
 (Ho & Salimans 2022) needs. :func:`generate` samples with the library's samplers and
 :func:`diffusion_core.samplers.classifier_free_guidance`.
 
-Trained by ``scripts/train_latent.py``; used in the chapter "Stable Diffusion in miniature".
+Both stages run the library's one training loop (:func:`diffusion_core.train.train`), the
+second with :class:`LatentDiffusionLoss`. Trained by ``scripts/train_latent.py``; used in the
+chapter "Stable Diffusion in miniature".
 """
 
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,25 +32,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_core._validation import check_positive_int
+from diffusion_core import distributed
+from diffusion_core._validation import check_labels, check_number, check_positive_int
 from diffusion_core.autoencoder import (
     AutoencoderConfig,
     ConvVAE,
     latent_scale_factor,
     train_autoencoder,
 )
-from diffusion_core.losses import sample_t_and_noise
+from diffusion_core.forward import q_sample
+from diffusion_core.losses import Objective, sample_t_and_noise
 from diffusion_core.nets import TextUNet
 from diffusion_core.parameterization import as_denoiser
 from diffusion_core.samplers import classifier_free_guidance, ddim, prior_sample
 from diffusion_core.schedules import Schedule, scaled_linear_schedule
 from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, drop_prompts, make_prompts
-from diffusion_core.train import ema_decay_at, update_ema
+from diffusion_core.train import RunConfig, TrainConfig, TrainResult, train
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "LatentConfig",
     "LatentDiffusion",
-    "CHECKPOINT_FORMAT",
+    "LatentDiffusionLoss",
     "generate",
     "load_latent_model",
     "train_latent_diffusion",
@@ -63,9 +68,10 @@ class LatentConfig:
 
     Architecture: the U-Net's ``channels`` (its levels run at 4x4 and 2x2 on the 2x4x4 latent),
     the text encoder's width ``text_dim`` and ``text_layers``. Training of the denoiser: AdamW
-    with a half-cosine learning-rate decay, ``steps`` minibatches of ``batch_size`` (images drawn
-    with replacement, a fresh random prompt for each), ``prompt_dropout`` the probability of the
-    empty prompt, an EMA of the weights with decay ``ema_decay``. The autoencoder is trained
+    (weight decay 0.01, PyTorch's default) with a half-cosine learning-rate decay, ``steps``
+    minibatches of ``batch_size`` (images drawn with replacement, a fresh random prompt for
+    each), ``prompt_dropout`` the probability of the empty prompt, an EMA of the weights with
+    decay ``ema_decay``. The autoencoder is trained
     first with ``autoencoder_steps`` steps of :func:`~diffusion_core.autoencoder.train_autoencoder`.
     """
 
@@ -88,12 +94,25 @@ class LatentConfig:
             check_positive_int(name, getattr(self, name))
         check_positive_int("autoencoder_steps", self.autoencoder_steps)
         check_positive_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
-        if not 0 <= self.prompt_dropout <= 1:
-            raise ValueError(f"prompt_dropout must lie in [0, 1], got {self.prompt_dropout}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        check_number("prompt_dropout", self.prompt_dropout, 0.0, 1.0)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        check_number("lr", self.lr, 0.0, low_open=True, high_open=True)
+
+    def training(self, draw_seed: int) -> TrainConfig:
+        """The loop's settings of the denoiser's stage: AdamW with weight decay 0.01 and the
+        half-cosine decay, no gradient clipping, the EMA, one generator seeded with
+        ``draw_seed`` for every draw."""
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=0.01,
+            lr_schedule="cosine",
+            grad_clip=None,
+            ema_decay=self.ema_decay,
+            seed=draw_seed,
+            shared_generator=True,
+        )
 
     def to_dict(self) -> dict:
         """Plain Python data (lists, ints, floats), fit for ``torch.load(weights_only=True)``."""
@@ -105,9 +124,11 @@ class LatentConfig:
 class LatentDiffusion(nn.Module):
     """Autoencoder, tokenizer, text encoder and latent denoiser, with the latent scale factor.
 
-    ``eps(z, t, context, mask)`` is the denoiser's noise prediction on scaled latents;
-    ``encode_prompts(prompts)`` gives (context, mask); ``encode_images(x)`` the scaled latents
-    scale_factor * mean(x) and ``decode_latents(z)`` the images decoder(z / scale_factor).
+    ``eps(z, t, context, mask)`` is the denoiser's noise prediction on scaled latents, and
+    calling the model, ``model(z, t, prompts)``, the same from the prompts' text (the forward
+    that training calls); ``encode_prompts(prompts)`` gives (context, mask);
+    ``encode_images(x)`` the scaled latents scale_factor * mean(x) and ``decode_latents(z)``
+    the images decoder(z / scale_factor).
     The scale factor is a buffer, saved with the weights.
     """
 
@@ -148,30 +169,79 @@ class LatentDiffusion(nn.Module):
     def eps(self, z, t, context, mask) -> torch.Tensor:
         return self.unet(z, t, context, mask)
 
+    def forward(self, z, t, prompts) -> torch.Tensor:
+        return self.eps(z, t, *self.encode_prompts(prompts))
+
+
+@dataclass(frozen=True)
+class LatentDiffusionLoss(Objective):
+    """The simple eps-loss on scaled latents z0 with a caption per image (Rombach et al. 2022):
+
+        loss = mean ||eps - eps_hat(z_t, t, prompt)||^2,  z_t = sqrt(alpha_bar_t) z0
+               + sqrt(1 - alpha_bar_t) eps  (:func:`diffusion_core.forward.q_sample`),
+
+    t ~ U{1..T}, the mean over the batch and the latent's entries (Ho et al. 2020, Eq. 14).
+    The conditioning draws a random caption for each image's label
+    (:func:`~diffusion_core.text.make_prompts`) and replaces it by the empty prompt with
+    probability ``prompt_dropout`` (:func:`~diffusion_core.text.drop_prompts`), so that one
+    network is both the conditional and the unconditional model of classifier-free guidance.
+    """
+
+    schedule: Schedule
+    prompt_dropout: float = 0.1
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
+        check_number("prompt_dropout", self.prompt_dropout, 0.0, 1.0)
+
+    def condition(self, labels, generator: torch.Generator) -> list[str]:
+        """One random caption per label, each dropped with probability ``prompt_dropout``."""
+        if labels is None:
+            raise ValueError("LatentDiffusionLoss needs labels, one per image, to caption")
+        return drop_prompts(make_prompts(labels, generator), self.prompt_dropout, generator)
+
+    def __call__(self, net, z0: torch.Tensor, prompts, generator: torch.Generator):
+        """The mean loss of this process's shard of the latents ``z0`` and their prompts."""
+        t, noise = sample_t_and_noise(z0, self.schedule, generator)
+        z_t = q_sample(self.schedule, z0, t, noise)
+        z_t, t, noise, prompts = distributed.shard(z_t, t, noise, prompts)
+        return F.mse_loss(net(z_t, t, prompts), noise)
+
 
 def train_latent_diffusion(
-    images: torch.Tensor, labels: torch.Tensor, config: LatentConfig | None = None
-) -> tuple[LatentDiffusion, list[float]]:
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: LatentConfig | None = None,
+    *,
+    run: RunConfig | None = None,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> TrainResult:
     """Train a :class:`LatentDiffusion` on digit ``images`` (N, 1, 8, 8) in [-1, 1] with their
-    ``labels``; return the model (EMA weights, eval mode, no gradients) and the loss per step.
+    ``labels``; return the second stage's :class:`~diffusion_core.train.TrainResult`, whose
+    ``ema`` is the model to sample (EMA weights, eval mode, no gradients) and ``losses`` the
+    loss per step.
 
     Stage 1: the autoencoder (:func:`~diffusion_core.autoencoder.train_autoencoder`), then the
-    scale factor 1 / std of its latents. Stage 2: per step, a minibatch of latents z, one random
-    caption per image (:func:`~diffusion_core.text.make_prompts`), prompt dropout
-    (:func:`~diffusion_core.text.drop_prompts`), t ~ U{1..T} and eps, and the loss
-    ||eps - eps_hat(z_t, t, text)||^2 on the denoiser and the text encoder together.
+    scale factor 1 / std of its latents. Stage 2: :class:`LatentDiffusionLoss` on the scaled
+    latents, trained on the denoiser and the text encoder together, the autoencoder frozen.
 
     Deterministic: every draw comes from generators seeded by ``config.seed`` (the global random
-    state is left as it was); with one CPU thread, two runs give bitwise equal weights.
+    state is left as it was); with one CPU thread, two runs give bitwise equal weights. ``run``,
+    ``progress``, ``device`` and ``resume_from`` go to the second stage's loop
+    (:func:`diffusion_core.train.train`); a resumed run retrains the first stage, which is
+    deterministic, and continues the second from the checkpoint.
     """
     config = LatentConfig() if config is None else config
     if not isinstance(config, LatentConfig):
         raise TypeError(f"config must be a LatentConfig, got {type(config).__name__}")
+    labels = check_labels("labels", labels, images.shape[0] if images.ndim else None)
     seeds = np.random.SeedSequence(config.seed).generate_state(3, dtype=np.uint64)
     vae_seed, init_seed, draw_seed = (int(seed) >> 1 for seed in seeds)  # < 2**63
-    vae = train_autoencoder(
-        images, AutoencoderConfig(steps=config.autoencoder_steps, seed=vae_seed), "cpu"
-    )
+    vae_config = AutoencoderConfig(steps=config.autoencoder_steps, seed=vae_seed)
+    vae = train_autoencoder(images, vae_config, device, progress=progress).net.cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = LatentDiffusion(config)
@@ -180,33 +250,20 @@ def train_latent_diffusion(
     model.scale_factor.fill_(latent_scale_factor(vae, images))
     with torch.no_grad():
         latents = model.encode_images(images.float())
-    trained = [*model.text_encoder.parameters(), *model.unet.parameters()]
-    with torch.random.fork_rng(devices=[]):
-        ema = LatentDiffusion(config)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-
-    schedule, generator = model.schedule, torch.Generator().manual_seed(draw_seed)
-    root_bar, root_one_minus = schedule.alpha_bars.sqrt(), (1 - schedule.alpha_bars).sqrt()
-    optimizer = torch.optim.AdamW(trained, lr=config.lr)
-    losses = []
-    for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
-        index = torch.randint(len(latents), (config.batch_size,), generator=generator)
-        prompts = drop_prompts(
-            make_prompts(labels[index], generator), config.prompt_dropout, generator
-        )
-        z0 = latents[index]
-        t, noise = sample_t_and_noise(z0, schedule, generator)
-        z_t = root_bar[t, None, None, None] * z0 + root_one_minus[t, None, None, None] * noise
-        loss = F.mse_loss(model.eps(z_t.float(), t, *model.encode_prompts(prompts)), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, ema_decay_at(config.ema_decay, step + 1))
-        losses.append(loss.detach())
-    return ema.eval(), torch.stack(losses).tolist()  # read back once, not at every step
+    objective = LatentDiffusionLoss(model.schedule, config.prompt_dropout)
+    result = train(
+        model,
+        latents,
+        objective,
+        config.training(draw_seed),
+        labels=labels,
+        run=run,
+        progress=progress,
+        device=device,
+        resume_from=resume_from,
+    )
+    result.net.eval().requires_grad_(False)
+    return result
 
 
 @torch.no_grad()

@@ -35,23 +35,41 @@ zero-terminal-SNR step. "none" puts weight 1 on the chosen target, so that the e
 v-losses then differ by the factors above.
 
 Randomness comes only from the ``torch.Generator`` passed in, drawn before the network runs:
-the same generator state gives the same t and eps whatever the network. Used by
-:func:`diffusion_core.train.train`.
+the same generator state gives the same t and eps whatever the network.
+
+Training objectives. :func:`diffusion_core.train.train` minimises an :class:`Objective`, a small
+callable ``objective(net, batch, labels, generator)`` that returns the loss of each sample (or
+their mean), as EDM's ``training/loss.py`` does (Karras et al. 2022). :class:`DiffusionLoss` is
+the one of this module: :func:`per_sample_loss` at t and eps from :func:`sample_t_and_noise`,
+with label dropout for class-conditional networks.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 
-from diffusion_core._validation import check_batch, check_float, check_timesteps, per_sample
+from diffusion_core import distributed
+from diffusion_core._validation import (
+    check_batch,
+    check_float,
+    check_labels,
+    check_number,
+    check_positive_int,
+    check_timesteps,
+    check_torch_generator,
+    per_sample,
+)
 from diffusion_core.forward import q_sample
+from diffusion_core.parameterization import PREDICTIONS
 from diffusion_core.schedules import Schedule
 
 __all__ = [
     "PREDICTIONS",
     "WEIGHTINGS",
+    "DiffusionLoss",
+    "Objective",
     "diffusion_loss",
     "loss_weight",
     "per_sample_loss",
@@ -59,7 +77,6 @@ __all__ = [
     "target",
 ]
 
-PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("none", "snr", "min_snr")
 
 
@@ -73,7 +90,7 @@ def sample_t_and_noise(
     """
     _check_schedule(schedule)
     check_float("x0", x0)
-    _check_generator(generator)
+    check_torch_generator("generator", generator)
     if x0.ndim < 2:
         raise ValueError(f"x0 must have shape (n, ...) with a batch axis first, got {x0.ndim}-D")
     where = generator.device
@@ -110,7 +127,7 @@ def loss_weight(
     _check_schedule(schedule)
     _check_prediction(prediction)
     _check_weighting(weighting)
-    gamma = _check_gamma(gamma)
+    gamma = check_number("gamma", gamma, 0.0, low_open=True, high_open=True)
     t = _check_steps(t, schedule.T)
     snr = schedule.snr[t.to(schedule.betas.device)]
     if weighting == "none":
@@ -156,7 +173,7 @@ def per_sample_loss(
     t = _check_steps(t, schedule.T)
     check_batch("t", t, x0.shape[0], "the batch size of x0")
     t = t.to(x0.device).expand(x0.shape[0])
-    _check_labels(labels, x0.shape[0])
+    labels = None if labels is None else check_labels("labels", labels, x0.shape[0])
     weight = loss_weight(schedule, t, prediction, weighting, gamma).to(x0.device)
 
     schedule = _schedule_on(schedule, x0.device)
@@ -199,6 +216,87 @@ def diffusion_loss(
     ).mean()
 
 
+class Objective:
+    """What :func:`diffusion_core.train.train` minimises: ``objective(net, batch, labels, gen)``.
+
+    ``__call__`` returns the loss of each sample of ``batch`` (shape (n,)) or their mean; the
+    loop averages it and steps on its gradient. ``batch`` is the global minibatch of every
+    process; an objective draws its randomness (times, noise) from ``generator`` for all of it
+    and then keeps this process's rows (:func:`diffusion_core.distributed.shard`, a no-op in one
+    process), so that a run on W processes equals the run on one. It calls the net only
+    through ``net(...)``, the forward that DistributedDataParallel and ``torch.compile`` wrap.
+
+    ``condition(labels, generator)`` turns the minibatch's labels (or None) into what
+    ``__call__`` receives as ``labels``; the loop calls it with the generator of the minibatch
+    draws. Here it returns them unchanged; label or prompt dropout overrides it.
+    """
+
+    def condition(self, labels, generator: torch.Generator):
+        """The minibatch's conditioning: here ``labels`` unchanged."""
+        return labels
+
+    def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DiffusionLoss(Objective):
+    """The denoising loss of :func:`diffusion_loss` as a training objective.
+
+    loss_i = weight(t_i) ||net(x_t, t_i[, y_i]) - target_i||^2 / d, with t_i ~ U{1..T} and eps_i
+    drawn for the global batch (:func:`sample_t_and_noise`), then :func:`per_sample_loss` on
+    this process's shard. With ``prediction="eps"`` and ``weighting="none"``, L_simple of Ho et
+    al. (2020, Eq. 14).
+
+    Label dropout (Ho & Salimans 2022, Alg. 1): for a class-conditional net, called as
+    ``net(x_t, t, labels)``, each label of a minibatch becomes ``null_label``, the net's "no
+    condition" class, with probability ``label_dropout``, so that one net learns both the
+    conditional and the unconditional model that classifier-free guidance combines.
+    """
+
+    schedule: Schedule
+    prediction: str = "eps"
+    weighting: str = "none"
+    min_snr_gamma: float = 5.0
+    label_dropout: float = 0.0
+    null_label: int | None = None
+
+    def __post_init__(self):
+        _check_schedule(self.schedule)
+        _check_prediction(self.prediction)
+        _check_weighting(self.weighting)
+        check_number("min_snr_gamma", self.min_snr_gamma, 0.0, low_open=True, high_open=True)
+        check_number("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
+        if self.null_label is not None:
+            check_positive_int("null_label", self.null_label, minimum=0)
+        if self.label_dropout > 0 and self.null_label is None:
+            raise ValueError("label_dropout > 0 needs the null_label to replace labels with")
+
+    def condition(self, labels, generator: torch.Generator):
+        """Each label replaced by ``null_label`` with probability ``label_dropout`` (one uniform
+        draw per label from ``generator``, none when the probability is 0); None stays None."""
+        if labels is None or self.label_dropout == 0:
+            return labels
+        drop = torch.rand(labels.shape, generator=generator) < self.label_dropout
+        return labels.masked_fill(drop, self.null_label)
+
+    def __call__(self, net, x0: torch.Tensor, labels, generator: torch.Generator):
+        """The per-sample loss of this process's shard of the batch ``x0``, shape (n / W,)."""
+        t, noise = sample_t_and_noise(x0, self.schedule, generator)
+        x0, t, noise, labels = distributed.shard(x0, t, noise, labels)
+        return per_sample_loss(
+            net,
+            x0,
+            self.schedule,
+            t,
+            noise,
+            self.prediction,
+            self.weighting,
+            self.min_snr_gamma,
+            labels=labels,
+        )
+
+
 def _schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
     """The same schedule with its table on ``device`` (forward.q_sample indexes it with t)."""
     if schedule.betas.device == device:
@@ -227,30 +325,6 @@ def _check_steps(t, T: int) -> torch.Tensor:
     return steps
 
 
-def _check_labels(labels, batch: int) -> None:
-    """None, or an integer tensor with one label per sample."""
-    if labels is None:
-        return
-    if not isinstance(labels, torch.Tensor) or _is_not_integer(labels):
-        kind = (
-            f"dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        )
-        raise TypeError(f"labels must be an integer torch.Tensor or None, got {kind}")
-    if labels.shape != (batch,):
-        raise ValueError(
-            f"labels must have shape ({batch},) (one per sample), got {tuple(labels.shape)}"
-        )
-
-
-def _is_not_integer(x: torch.Tensor) -> bool:
-    return x.is_floating_point() or x.is_complex() or x.dtype == torch.bool
-
-
-def _check_generator(generator) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
-
 def _check_prediction(prediction) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
@@ -259,11 +333,3 @@ def _check_prediction(prediction) -> None:
 def _check_weighting(weighting) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-
-
-def _check_gamma(gamma) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
-        raise TypeError(f"gamma must be a number, got {type(gamma).__name__}")
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
-    return float(gamma)

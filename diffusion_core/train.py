@@ -1,32 +1,54 @@
-"""A small, reproducible, resumable training loop for denoisers.
+"""One reproducible, resumable training loop; what it minimises is a pluggable objective.
 
-Each step draws a minibatch of the data, evaluates :func:`diffusion_core.losses.diffusion_loss`,
-takes an AdamW step (Loshchilov & Hutter 2019) after clipping the gradient's global norm, and
-updates an exponential moving average (EMA) of the weights, the copy that is sampled from
-(Ho et al. 2020 use decay 0.9999; Song & Ermon 2020 explain why averaging helps).
+Each step draws a minibatch of the data (indices with replacement), evaluates the objective on
+it, takes an AdamW step (Loshchilov & Hutter 2019) after clipping the gradient's global norm,
+and updates an exponential moving average (EMA) of the weights, the copy that is sampled from
+(Ho et al. 2020 use decay 0.9999; Song & Ermon 2020 explain why averaging helps). The loop is
+the same for every model of the library; the loss is a small callable object, as in EDM's
+``training/loss.py`` (Karras et al. 2022):
 
-Reproducibility. All randomness comes from two CPU ``torch.Generator`` objects derived from
-``config.seed``: ``data`` draws the minibatch indices (with replacement) and ``noise`` draws the
-times and the noise of the loss. Their states are saved in every checkpoint with the weights,
-the EMA, the optimizer and the losses so far, so a run resumed from a checkpoint continues
-exactly, bit for bit, as the uninterrupted run would have (with the same torch version, device
-and thread count).
+    objective(net, batch, labels, generator) -> the loss of each sample, or their mean,
 
-Devices. The net, the data and the schedule's table are moved to ``device`` once; the
-generators stay on the CPU (their draws are then the same on every device) and each step copies
-its indices, times and noise to the device, a transfer of one batch of noise. The loop is the
-same on a CPU and a GPU; on a GPU, ``config.mixed_precision`` runs the forward pass under
-bfloat16 autocast with TF32 matrix products, and ``config.compile`` compiles the net
-(:mod:`diffusion_core.device`).
+minimised on average over the minibatches: theta <- AdamW(theta, grad mean_i loss_i). The
+objectives are :class:`diffusion_core.losses.DiffusionLoss` (denoisers),
+:class:`diffusion_core.latent.LatentDiffusionLoss` (prompt-conditioned latent denoisers),
+:class:`diffusion_core.autoencoder.ELBOLoss` (the autoencoder) and
+:class:`diffusion_core.images.ClassifierLoss` (the digits classifier); the base class
+:class:`diffusion_core.losses.Objective` says what one must do.
+
+Two configurations. :class:`TrainConfig` is what is computed: steps, minibatch, optimiser,
+learning-rate schedule (constant, or the half cosine of Loshchilov & Hutter 2017), EMA, seed.
+:class:`RunConfig` is how it runs: logging, checkpoints, mixed precision, compilation. A run
+resumed from a checkpoint must repeat the first (all of it but the number of steps, which may
+grow unless the learning rate follows the cosine over them) and the objective's settings; the
+second may change.
+
+Reproducibility. All randomness comes from CPU ``torch.Generator`` objects seeded by
+``config.seed``: ``data`` draws the minibatch indices and the objective's conditioning draws
+(label or prompt dropout, :meth:`~diffusion_core.losses.Objective.condition`), ``noise`` the
+objective's own draws (times, noise). By default they are two generators split from the seed by
+NumPy's SeedSequence, so that the minibatches do not depend on how much noise the objective
+draws; ``config.shared_generator`` makes them one generator seeded with the seed itself. Their
+states are saved in every checkpoint with the weights, the EMA, the optimizer and the losses so
+far, so a run resumed from a checkpoint continues exactly, bit for bit, as the uninterrupted run
+would have (with the same torch version, device and thread count).
+
+Devices. The net and the data are moved to ``device`` once; the generators stay on the CPU
+(their draws are then the same on every device). On a GPU, ``run.mixed_precision`` runs the
+objective under bfloat16 autocast with TF32 matrix products, and ``run.compile`` compiles the
+net (:mod:`diffusion_core.device`); the global TF32 flags are restored after training.
 
 Several processes. Under ``torchrun`` (after :func:`diffusion_core.distributed.setup`) the same
-loop trains with DistributedDataParallel: every process draws the same global minibatch, times
-and noise and keeps its shard of them, so the run equals the single-process run up to the order
-of float additions; only rank 0 keeps the EMA, shows progress and writes checkpoints.
+loop trains with DistributedDataParallel: every process draws the same global minibatch and the
+objective draws for all of it and keeps this process's shard, so the run equals the
+single-process run up to the order of float additions; only rank 0 keeps the EMA, shows
+progress and writes checkpoints. Objectives call the net only through its ``forward``, which is
+what DDP and ``torch.compile`` wrap.
 
 No per-step synchronisation. Each step's loss stays on the device; the losses are read back to
-the host together every ``config.log_every`` steps, at checkpoints and at the end, so a GPU
-runs ahead of the Python loop instead of waiting for it at every step.
+the host together every ``run.log_every`` steps, at checkpoints and at the end, so a GPU runs
+ahead of the Python loop instead of waiting for it at every step. A read-back that finds a
+non-finite loss stops the run with an error (the run diverged), before any checkpoint of it.
 
 Quiet by default. The progress bar (tqdm, on stderr) shows only when asked for or when stderr is
 a terminal and the environment variable ``DIFFUSION_PROGRESS`` is not ``"0"``; nothing else is
@@ -37,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -49,15 +72,19 @@ from torch import nn
 from tqdm import tqdm
 
 from diffusion_core import distributed
-from diffusion_core._validation import check_float, check_positive_int
-from diffusion_core.device import autocast_context, get_device, maybe_compile, use_tf32
-from diffusion_core.losses import PREDICTIONS, WEIGHTINGS, per_sample_loss, sample_t_and_noise
-from diffusion_core.schedules import Schedule
+from diffusion_core._validation import check_float, check_labels, check_number, check_positive_int
+from diffusion_core.device import autocast_context, get_device, maybe_compile, tf32_context
+from diffusion_core.losses import Objective
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "LR_SCHEDULES",
+    "PROGRESS_ENV",
+    "RunConfig",
     "TrainConfig",
     "TrainResult",
     "ema_decay_at",
+    "learning_rate_at",
     "load_checkpoint",
     "save_checkpoint",
     "train",
@@ -65,60 +92,69 @@ __all__ = [
 ]
 
 PROGRESS_ENV = "DIFFUSION_PROGRESS"
-CHECKPOINT_FORMAT = 1
-# The fields that determine the trajectory: a resumed run must use the same values.
-_TRAJECTORY_FIELDS = (
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "ema_decay",
-    "grad_clip",
-    "prediction",
-    "weighting",
-    "min_snr_gamma",
-    "seed",
-    "label_dropout",
-    "null_label",
-)
+CHECKPOINT_FORMAT = 2
+LR_SCHEDULES = ("constant", "cosine")
+_PLAIN = (bool, int, float, str, type(None))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of :func:`train`; every value is checked when the config is made.
+    """What :func:`train` computes; every value is checked when the config is made.
 
     Attributes:
         steps: total number of optimizer steps (a resumed run counts the steps already done).
         batch_size: samples per minibatch, drawn with replacement.
         lr, weight_decay: AdamW's learning rate (> 0) and decoupled weight decay (>= 0).
-        ema_decay: the EMA's decay in [0, 1), reached after a warm-up (:func:`ema_decay_at`).
+        lr_schedule: "constant", or "cosine": lr_k = lr (1 + cos(pi k / steps)) / 2 at step
+            k = 0..steps-1 (:func:`learning_rate_at`).
         grad_clip: maximum global gradient norm (> 0), or None for no clipping.
-        prediction, weighting, min_snr_gamma: the loss (:mod:`diffusion_core.losses`).
-        seed: seeds the two generators of the run.
-        label_dropout, null_label: for class-conditional training (``train(..., labels=...)``),
-            each label of a minibatch is replaced by ``null_label``, the network's "no
-            condition" class, with probability ``label_dropout`` (Ho & Salimans 2022, Alg. 1);
-            the draws come from the data generator, after the minibatch indices.
-        log_every: the progress bar shows the mean loss of the last ``log_every`` steps.
-        checkpoint_every: save a checkpoint every that many steps (0: only at the end).
-        checkpoint_path: where checkpoints go (None: no checkpoints).
-        mixed_precision: on CUDA, bfloat16 autocast for the forward pass and the loss, and TF32
-            for float32 matrix products; False trains in full float32 and turns TF32 off (a
-            global setting, left as set after training). No effect on the CPU.
-        compile: run the net through ``torch.compile`` (worth it for long GPU runs).
+        ema_decay: the EMA's decay in [0, 1), reached after a warm-up (:func:`ema_decay_at`),
+            or None for no EMA.
+        seed: seeds the generators of the run (0..2**64 - 1).
+        shared_generator: one generator, seeded with ``seed``, for the minibatches and the
+            objective's draws, instead of two split from it (see the module docstring).
     """
 
     steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    ema_decay: float = 0.999
+    lr_schedule: str = "constant"
     grad_clip: float | None = 1.0
-    prediction: str = "eps"
-    weighting: str = "none"
-    min_snr_gamma: float = 5.0
+    ema_decay: float | None = 0.999
     seed: int = 0
-    label_dropout: float = 0.0
-    null_label: int | None = None
+    shared_generator: bool = False
+
+    def __post_init__(self):
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_number("lr", self.lr, 0.0, low_open=True, high_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0, high_open=True)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.grad_clip is not None:
+            check_number("grad_clip", self.grad_clip, 0.0, low_open=True, high_open=True)
+        if self.ema_decay is not None:
+            check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        check_positive_int("seed", self.seed, minimum=0, maximum=2**64 - 1)
+        _check_bool("shared_generator", self.shared_generator)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How :func:`train` runs: settings that do not change what a CPU computes.
+
+    Attributes:
+        log_every: the progress bar shows the mean loss of the last ``log_every`` steps, and
+            the losses are read back (and checked to be finite) every that many steps.
+        checkpoint_every: save a checkpoint every that many steps (0: only at the end).
+        checkpoint_path: where checkpoints go (None: no checkpoints).
+        mixed_precision: on CUDA, bfloat16 autocast for the objective and TF32 for float32
+            matrix products; False trains in full float32 with TF32 off. The global TF32 flags
+            are restored after training. No effect on the CPU.
+        compile: run the net through ``torch.compile`` (worth it for long GPU runs).
+    """
+
     log_every: int = 100
     checkpoint_every: int = 0
     checkpoint_path: str | os.PathLike | None = None
@@ -126,24 +162,6 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
-        _check_number("lr", self.lr, low=0.0, low_open=True)
-        _check_number("weight_decay", self.weight_decay, low=0.0)
-        _check_number("ema_decay", self.ema_decay, low=0.0, high=1.0)
-        if self.grad_clip is not None:
-            _check_number("grad_clip", self.grad_clip, low=0.0, low_open=True)
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        _check_number("min_snr_gamma", self.min_snr_gamma, low=0.0, low_open=True)
-        check_positive_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
-        _check_number("label_dropout", self.label_dropout, low=0.0, high=1.0)
-        if self.null_label is not None:
-            check_positive_int("null_label", self.null_label, minimum=0)
-        if self.label_dropout > 0 and self.null_label is None:
-            raise ValueError("label_dropout > 0 needs the null_label to replace labels with")
         check_positive_int("log_every", self.log_every)
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         path = self.checkpoint_path
@@ -151,24 +169,26 @@ class TrainConfig:
             raise TypeError(f"checkpoint_path must be a path or None, got {type(path).__name__}")
         if self.checkpoint_every and path is None:
             raise ValueError("checkpoint_every > 0 needs a checkpoint_path to write to")
-        for name in ("mixed_precision", "compile"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_bool("mixed_precision", self.mixed_precision)
+        _check_bool("compile", self.compile)
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns; the trained net itself is the one passed in, updated in place.
+    """What :func:`train` returns.
 
     Attributes:
+        net: the trained net, the one passed in (updated in place).
         losses: the training loss of every step from step 1 on (a resumed run includes the
             losses before the checkpoint).
-        ema: a deep copy of the net holding the EMA weights, in eval mode, without gradients.
+        ema: a deep copy of the net holding the EMA weights, in eval mode, without gradients;
+            None when ``config.ema_decay`` is None.
         step: the number of optimizer steps done.
     """
 
+    net: nn.Module = field(repr=False)
     losses: list[float] = field(repr=False)
-    ema: nn.Module = field(repr=False)
+    ema: nn.Module | None = field(repr=False)
     step: int
 
 
@@ -180,6 +200,17 @@ def ema_decay_at(decay: float, step: int) -> float:
     dominated by the random initial weights; from about 9,000 steps on, the decay is 0.999.
     """
     return min(decay, (1 + step) / (10 + step))
+
+
+def learning_rate_at(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` = 0..steps-1: lr, or lr (1 + cos(pi step / steps)) / 2.
+
+    The cosine decays from lr at the first step towards 0 after the last (Loshchilov & Hutter
+    2017, SGDR without restarts): large steps while the loss falls fast, small ones to settle.
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
 
 
 @torch.no_grad()
@@ -194,77 +225,126 @@ def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
 def train(
     net: nn.Module,
     data: torch.Tensor,
-    schedule: Schedule,
+    objective: Objective,
     config: TrainConfig,
+    *,
+    labels: torch.Tensor | None = None,
+    run: RunConfig | None = None,
     progress: bool | None = None,
     device: str | torch.device | None = None,
     resume_from: str | os.PathLike | None = None,
-    labels: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train ``net`` in place on ``data`` (N, ...) to predict ``config.prediction``.
+    """Train ``net`` in place on ``data`` (N, ...) to minimise ``objective``.
 
-    ``progress``: True or False shows or hides the progress bar; None (the default) shows it
-    only when stderr is a terminal and ``$DIFFUSION_PROGRESS`` is not "0". ``device``: where to
-    compute (None: :func:`diffusion_core.device.get_device`, the CPU unless the environment
-    says otherwise). ``resume_from``: a checkpoint written by a run with the same config (the
-    steps and checkpoint settings may differ); training continues from its step up to
-    ``config.steps`` exactly as the uninterrupted run would. ``labels``: an integer tensor (N,)
-    with the class of each data point, for a class-conditional net called as
-    ``net(x, t, labels)``; minibatch labels are dropped to ``config.null_label`` with
-    probability ``config.label_dropout``. Without labels the run is exactly as before.
+    ``labels``: an integer tensor (N,) with the class of each data point, handed to the
+    objective with its minibatch (class-conditional denoisers, captions, the classifier).
+    ``run``: logging, checkpoints and device switches (:class:`RunConfig`; default settings
+    when None). ``progress``: True or False shows or hides the progress bar; None (the default)
+    shows it only when stderr is a terminal and ``$DIFFUSION_PROGRESS`` is not "0".
+    ``device``: where to compute (None: :func:`diffusion_core.device.get_device`, the CPU
+    unless the environment says otherwise). ``resume_from``: a checkpoint written by a run with
+    the same config and objective (see the module docstring); training continues from its step
+    up to ``config.steps`` exactly as the uninterrupted run would.
+
+    Raises ``FloatingPointError`` when a loss is not finite (the run diverged).
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    check_float("data", data)
-    if data.ndim < 2 or data.shape[0] < 1:
-        raise ValueError(f"data must have shape (N, ...) with N >= 1, got {tuple(data.shape)}")
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    _check_data(data)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    labels = _check_labels(labels, data.shape[0])
+    run = RunConfig() if run is None else run
+    if not isinstance(run, RunConfig):
+        raise TypeError(f"run must be a RunConfig or None, got {type(run).__name__}")
+    labels = None if labels is None else check_labels("labels", labels, data.shape[0]).cpu()
     show = _show_progress(progress) and distributed.is_main_process()
     device = device if isinstance(device, torch.device) else get_device(device)
-    use_tf32(device, config.mixed_precision)
+    with tf32_context(device, run.mixed_precision):
+        state = _start(net.to(device).train(), objective, config, resume_from)
+        model = maybe_compile(distributed.wrap(net, device), run.compile)  # shares net's weights
+        _loop(model, data.to(device), labels, objective, config, run, state, show)
+    return TrainResult(net=net, losses=state.losses, ema=state.ema, step=state.step)
 
-    net.to(device).train()
-    data = data.to(device)
-    schedule = Schedule(schedule.betas.to(device))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = _ema_copy(net)
-    generators = _generators(config.seed)
-    step, losses = 0, []
+
+@dataclass
+class _State:
+    """What a step changes and a checkpoint holds."""
+
+    net: nn.Module
+    ema: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    trajectory: dict
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _start(net, objective, config, resume_from) -> _State:
+    """A fresh run's state, or the state of the checkpoint ``resume_from``."""
+    trained = [parameter for parameter in net.parameters() if parameter.requires_grad]
+    state = _State(
+        net=net,
+        ema=None if config.ema_decay is None else _ema_copy(net),
+        optimizer=torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay),
+        generators=_generators(config.seed, config.shared_generator),
+        trajectory=_trajectory(config, objective),
+    )
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        step, losses = _restore(state, config, net, ema, optimizer, generators)
-    model = maybe_compile(distributed.wrap(net, device), config.compile)  # shares net's weights
+        _restore(load_checkpoint(resume_from), state, config.steps)
+    return state
 
+
+def _loop(model, data, labels, objective, config, run, state, show) -> None:
+    """Steps ``state.step + 1`` to ``config.steps``, with read-backs and checkpoints."""
     pending = []  # losses of the steps since the last read-back, still on the device
-    with tqdm(total=config.steps, initial=step, disable=not show, unit="step") as bar:
-        while step < config.steps:
-            index = torch.randint(data.shape[0], (config.batch_size,), generator=generators["data"])
-            batch_labels = (
-                None if labels is None else _drop_labels(labels[index], config, generators)
-            )
-            loss = _train_step(
-                model, optimizer, data[index.to(device)], schedule, config, generators, batch_labels
-            )
-            step += 1
-            if distributed.is_main_process():
-                update_ema(ema, net, ema_decay_at(config.ema_decay, step))
-            pending.append(loss)
+    with tqdm(total=config.steps, initial=state.step, disable=not show, unit="step") as bar:
+        while state.step < config.steps:
+            pending.append(_step(model, data, labels, objective, config, run, state))
             bar.update(1)
-            checkpoint = _checkpoint_due(config, step) and distributed.is_main_process()
-            if step % config.log_every == 0 or checkpoint or step == config.steps:
-                losses += torch.stack(pending).tolist()  # one read-back for all pending steps
+            checkpoint = _checkpoint_due(run, state.step, config.steps)
+            if state.step % run.log_every == 0 or checkpoint or state.step == config.steps:
+                state.losses += _read_back(pending, len(state.losses))
                 pending = []
-            if step % config.log_every == 0:
-                recent = losses[-config.log_every :]
+            if state.step % run.log_every == 0:
+                recent = state.losses[-run.log_every :]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
             if checkpoint:
-                state = _state(config, step, losses, net, ema, optimizer, generators)
-                save_checkpoint(config.checkpoint_path, state)
-    return TrainResult(losses=losses, ema=ema, step=step)
+                save_checkpoint(run.checkpoint_path, _checkpoint(state))
+
+
+def _step(model, data, labels, objective, config, run, state) -> torch.Tensor:
+    """One optimizer step on a fresh minibatch; returns its loss (global batch) on the device."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate_at(config, state.step)
+    data_generator, noise_generator = state.generators["data"], state.generators["noise"]
+    index = torch.randint(data.shape[0], (config.batch_size,), generator=data_generator)
+    batch_labels = objective.condition(None if labels is None else labels[index], data_generator)
+    with autocast_context(data.device, run.mixed_precision):
+        loss = objective(model, data[index.to(data.device)], batch_labels, noise_generator)
+        loss = loss.mean()
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(state.net.parameters(), config.grad_clip)
+    state.optimizer.step()
+    state.step += 1
+    if state.ema is not None and distributed.is_main_process():
+        update_ema(state.ema, state.net, ema_decay_at(config.ema_decay, state.step))
+    return distributed.average(loss.detach())
+
+
+def _read_back(pending: list[torch.Tensor], done: int) -> list[float]:
+    """The pending losses as floats, in one transfer; a non-finite one stops the run."""
+    values = torch.stack(pending).tolist()
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"training diverged: the loss of step {done + offset + 1} is {value}; stopped "
+                "without writing a checkpoint of it (try a smaller lr or a grad_clip)"
+            )
+    return values
 
 
 def _ema_copy(net: nn.Module) -> nn.Module:
@@ -274,71 +354,29 @@ def _ema_copy(net: nn.Module) -> nn.Module:
     return ema
 
 
-def _train_step(net, optimizer, batch, schedule, config, generators, labels=None):
-    """One step of :func:`diffusion_core.losses.diffusion_loss` on this process's shard.
-
-    t and eps are drawn for the whole global batch, then sharded (a no-op in one process, where
-    this is exactly ``diffusion_loss``); the returned loss is that of the global batch.
-    """
-    t, noise = sample_t_and_noise(batch, schedule, generators["noise"])
-    labels = None if labels is None else labels.to(batch.device)
-    batch, t, noise, labels = distributed.shard(batch, t, noise, labels)
-    with autocast_context(batch.device, config.mixed_precision):
-        loss = per_sample_loss(
-            net,
-            batch,
-            schedule,
-            t,
-            noise,
-            config.prediction,
-            config.weighting,
-            config.min_snr_gamma,
-            labels=labels,
-        ).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip is not None:
-        nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-    optimizer.step()
-    return distributed.average(loss.detach())
+def _check_data(data) -> None:
+    check_float("data", data)
+    if data.ndim < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must have shape (N, ...) with N >= 1, got {tuple(data.shape)}")
 
 
-def _check_labels(labels, n: int) -> torch.Tensor | None:
-    """None, or an integer tensor of shape (n,), kept on the CPU where the generators are."""
-    if labels is None:
-        return None
-    if (
-        not isinstance(labels, torch.Tensor)
-        or labels.dtype.is_floating_point
-        or labels.is_complex()
-    ):
-        raise TypeError("labels must be an integer torch.Tensor of shape (N,) or None")
-    if labels.dtype == torch.bool:
-        raise TypeError("labels must be integers, got dtype torch.bool")
-    if labels.shape != (n,):
-        raise ValueError(
-            f"labels must have shape ({n},), one per data point, got {tuple(labels.shape)}"
-        )
-    return labels.cpu()
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def _drop_labels(labels: torch.Tensor, config: TrainConfig, generators) -> torch.Tensor:
-    """Replace each label by ``config.null_label`` with probability ``config.label_dropout``."""
-    if config.label_dropout == 0:
-        return labels
-    drop = torch.rand(labels.shape, generator=generators["data"]) < config.label_dropout
-    return labels.masked_fill(drop, config.null_label)
-
-
-def _checkpoint_due(config: TrainConfig, step: int) -> bool:
-    if config.checkpoint_path is None:
+def _checkpoint_due(run: RunConfig, step: int, steps: int) -> bool:
+    if run.checkpoint_path is None or not distributed.is_main_process():
         return False
-    every = config.checkpoint_every
-    return step == config.steps or (every > 0 and step % every == 0)
+    every = run.checkpoint_every
+    return step == steps or (every > 0 and step % every == 0)
 
 
-def _generators(seed: int) -> dict[str, torch.Generator]:
-    """Two independent CPU generators from one seed, via NumPy's SeedSequence."""
+def _generators(seed: int, shared: bool) -> dict[str, torch.Generator]:
+    """The "data" and "noise" generators: one seeded with ``seed``, or two split from it."""
+    if shared:
+        generator = torch.Generator().manual_seed(seed)
+        return {"data": generator, "noise": generator}
     data_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
     return {
         "data": torch.Generator().manual_seed(int(data_seed)),
@@ -358,43 +396,53 @@ def _show_progress(progress) -> bool:
 # --- checkpoints ----------------------------------------------------------------------------
 
 
-def _state(config, step, losses, net, ema, optimizer, generators) -> dict:
+def _trajectory(config: TrainConfig, objective: Objective) -> dict:
+    """The settings a resumed run must repeat, as plain data: the config (its steps only under
+    the cosine schedule, which depends on them) and the objective's plain-valued fields."""
+    settings = dataclasses.asdict(config)
+    if config.lr_schedule != "cosine":
+        del settings["steps"]
+    plain = {}
+    if dataclasses.is_dataclass(objective):
+        plain = {item.name: getattr(objective, item.name) for item in dataclasses.fields(objective)}
+    plain = {name: value for name, value in plain.items() if isinstance(value, _PLAIN)}
+    return {"config": settings, "objective": {"kind": type(objective).__name__, **plain}}
+
+
+def _checkpoint(state: _State) -> dict:
     """Everything a resumed run needs, as tensors, dicts, lists, numbers and strings only."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "losses": list(losses),
-        "net": net.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generators": {name: g.get_state() for name, g in generators.items()},
-        "config": {name: getattr(config, name) for name in _TRAJECTORY_FIELDS},
+        "step": state.step,
+        "losses": list(state.losses),
+        "net": state.net.state_dict(),
+        "ema": None if state.ema is None else state.ema.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "generators": {name: g.get_state() for name, g in state.generators.items()},
+        "trajectory": state.trajectory,
     }
 
 
-def _restore(state, config, net, ema, optimizer, generators) -> tuple[int, list[float]]:
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+def _restore(saved, state: _State, steps: int) -> None:
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume_from is not a checkpoint of format {CHECKPOINT_FORMAT}")
-    for name in _TRAJECTORY_FIELDS:
-        # Checkpoints written before a field existed hold its default.
-        saved, current = (
-            state["config"].get(name, getattr(TrainConfig, name)),
-            getattr(config, name),
-        )
-        if saved != current:
-            raise ValueError(
-                f"resume_from was written with {name}={saved!r}, but config has "
-                f"{name}={current!r}; a resumed run must use the same settings"
-            )
-    step = state["step"]
-    if step > config.steps:
-        raise ValueError(f"resume_from is at step {step}, past config.steps = {config.steps}")
-    net.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    for name, generator in generators.items():
-        generator.set_state(state["generators"][name])
-    return step, list(state["losses"])
+    for part, current in state.trajectory.items():
+        written = saved["trajectory"][part]
+        for name in current.keys() | written.keys():
+            if written.get(name) != current.get(name):
+                raise ValueError(
+                    f"resume_from was written with {name}={written.get(name)!r}, but {part} has "
+                    f"{name}={current.get(name)!r}; a resumed run must use the same settings"
+                )
+    if saved["step"] > steps:
+        raise ValueError(f"resume_from is at step {saved['step']}, past config.steps = {steps}")
+    state.net.load_state_dict(saved["net"])
+    if state.ema is not None:
+        state.ema.load_state_dict(saved["ema"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    for name, generator in state.generators.items():
+        generator.set_state(saved["generators"][name])
+    state.step, state.losses = saved["step"], list(saved["losses"])
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -441,14 +489,3 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
-
-
-def _check_number(name, value, low=-math.inf, high=math.inf, low_open=False) -> float:
-    """A finite real number in [low, high) (or (low, high) with ``low_open``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    above = value > low if low_open else value >= low
-    if not (math.isfinite(value) and above and value < high):
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g})"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
-    return float(value)

@@ -27,11 +27,11 @@ from diffusion_core.images import (
     CHECKPOINT_FORMAT,
     DIGITS_MODELS,
     build_net,
-    digits_schedule,
+    digits_recipe,
     load_digits_split,
 )
 from diffusion_core.nets import count_parameters
-from diffusion_core.train import TrainConfig, save_checkpoint, train
+from diffusion_core.train import save_checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def train_model(name: str, steps: int | None = None, progress: bool = False) -> 
     settings = dict(spec["train"])
     if steps is not None:
         settings["steps"] = steps
-    config = TrainConfig(**settings)
+    objective, config = digits_recipe(settings)
     seed_everything(spec["init_seed"])  # one thread; the initial weights come from this seed
     net = build_net(spec["net"])
     split = load_digits_split()
@@ -55,11 +55,11 @@ def train_model(name: str, steps: int | None = None, progress: bool = False) -> 
     run = train(
         net,
         split.train_images,
-        digits_schedule(),
+        objective,
         config,
+        labels=labels,
         progress=progress,
         device="cpu",
-        labels=labels,
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
@@ -69,7 +69,7 @@ def train_model(name: str, steps: int | None = None, progress: bool = False) -> 
         "train": settings,
         "init_seed": spec["init_seed"],
         "schedule": {"kind": "linear", "T": 1000},
-        "prediction": config.prediction,
+        "prediction": objective.prediction,
         "data": {"test_fraction": 0.2, "seed": 0, "train_size": len(split.train_images)},
         "parameters": count_parameters(net),
         "losses": torch.tensor(run.losses, dtype=torch.float32),

@@ -40,8 +40,8 @@ def train_model(config: LatentConfig = DEFAULT_CONFIG) -> dict:
     seed_everything(config.seed)  # one thread: float sums round the same way in every run
     split = load_digits_split()
     start = time.perf_counter()
-    model, losses = train_latent_diffusion(split.train_images, split.train_labels, config)
-    seconds = time.perf_counter() - start
+    result = train_latent_diffusion(split.train_images, split.train_labels, config)
+    seconds, model = time.perf_counter() - start, result.ema
     return {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
@@ -50,7 +50,7 @@ def train_model(config: LatentConfig = DEFAULT_CONFIG) -> dict:
         "parameters": {
             name: count_parameters(getattr(model, name)) for name in ("vae", "text_encoder", "unet")
         },
-        "losses": torch.tensor(losses, dtype=torch.float32),
+        "losses": torch.tensor(result.losses, dtype=torch.float32),
         "train_seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),
         "torch_version": str(torch.__version__),
