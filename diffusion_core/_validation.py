@@ -138,3 +138,11 @@ def check_labels(name: str, labels, n: int | None = None, classes: int | None = 
         if low < 0 or high >= classes:
             raise ValueError(f"{name} must lie in 0..{classes - 1}, got values in {low}..{high}")
     return labels.to(torch.int64)
+
+
+def check_torch_generator(name: str, generator) -> torch.Generator:
+    """One ``torch.Generator`` (not None: a function that must be reproducible takes its
+    randomness explicitly, never from torch's global stream)."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator, got {type(generator).__name__}")
+    return generator

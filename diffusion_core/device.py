@@ -10,7 +10,8 @@ bfloat16 autocast for the network's forward pass (:func:`autocast_context`) and,
 ``torch.compile`` (:func:`maybe_compile`). Each is a no-op on the CPU. Sampler arithmetic
 stays float64 on both devices. :func:`per_sample_noise` and :func:`per_sample_generators` give
 every sample its own random stream, so that a sample's starting noise, and with a stochastic
-sampler its whole path, does not depend on how the samples are batched (or spread over GPUs, :mod:`diffusion_core.distributed`).
+sampler its whole path, does not depend on how the samples are batched (or spread over GPUs,
+:mod:`diffusion_core.distributed`).
 """
 
 from __future__ import annotations
