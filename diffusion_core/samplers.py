@@ -218,6 +218,12 @@ def _combine(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None) -> torch.Tens
     return out
 
 
+def _check_grid(grid) -> None:
+    """A step rule's grid must be a TimeGrid (checked before any of it is read)."""
+    if not isinstance(grid, TimeGrid):
+        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+
+
 def evaluations(sampler: Callable, grid: TimeGrid, **options) -> int:
     """The number of model calls ``sampler`` makes on ``grid``: the cost of a budget, counted by
     running it on one sample with a counting stand-in for the model (Heun and the
@@ -242,6 +248,7 @@ def ddpm_steps(grid: TimeGrid, variance: str = "beta_tilde") -> list[Step]:
     The noise variance n^2 is ``"beta_tilde"``, the posterior's own, or ``"beta"``, the forward
     step's std_t^2 - (scale_t std_s / scale_s)^2 (= beta_t for adjacent VP steps); none onto
     std_s = 0."""
+    _check_grid(grid)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     a, s = grid.scale.tolist(), grid.std.tolist()
@@ -272,6 +279,7 @@ def ddim_steps(grid: TimeGrid, eta: float = 0.0) -> list[Step]:
     """DDIM's step gathered by x and x0_hat: x_s = (c_eps / std_t) x_t + (scale_s - c_eps
     scale_t / std_t) x0_hat + sigma_eta z, with sigma_eta = eta beta_tilde^(1/2) and c_eps =
     (std_s^2 - sigma_eta^2)^(1/2) (Song, Meng & Ermon 2021, Eq. 12 and 16)."""
+    _check_grid(grid)
     eta = check_number("eta", eta, 0.0, 1.0)
     a, s = grid.scale.tolist(), grid.std.tolist()
     steps = []
@@ -303,6 +311,7 @@ def euler_steps(grid: TimeGrid) -> list[Step]:
     """Euler's step in sigma written in x: with y = x / scale, d = (y - D) / sigma and y' = y +
     (sigma' - sigma) d = D + (sigma' / sigma) (y - D), multiplying by scale' gives
     x' = (std' / std) x + (scale' - scale std' / std) D, which is finite at sigma = inf."""
+    _check_grid(grid)
     a, s = grid.scale.tolist(), grid.std.tolist()
     return [
         Step(Update(x=s[i + 1] / s[i], d=a[i + 1] - a[i] * s[i + 1] / s[i]))
@@ -325,6 +334,7 @@ def heun_steps(grid: TimeGrid) -> list[Step]:
     """Euler's step to x_E, then x' = x_E + r (D - D'), r = scale' (sigma' - sigma) / (2 sigma'),
     with D' the denoiser at the Euler point; an Euler step alone onto sigma' = 0 and from
     sigma = inf (derivation in :func:`heun`)."""
+    _check_grid(grid)
     a, sigma = grid.scale.tolist(), grid.sigma.tolist()
     steps = []
     for i, euler_step in enumerate(euler_steps(grid)):
@@ -362,6 +372,7 @@ def euler_maruyama_steps(grid: TimeGrid) -> list[Step]:
     sigma^2, that is y' = rho y + (1 - rho) D + (sigma^2 - sigma'^2)^(1/2) z, rho = sigma'^2 /
     sigma^2, and x' = scale' y'; onto sigma' = 0 it returns D (the final-step policy). Raises
     ``ValueError`` at zero terminal SNR."""
+    _check_grid(grid)
     _check_finite_sigma(grid, "euler_maruyama")
     a, sigma = grid.scale.tolist(), grid.sigma.tolist()
     steps = []
@@ -439,6 +450,7 @@ def dpm_solver_pp_2m_steps(grid: TimeGrid) -> list[Step]:
     """Per step x_{i+1} = c_x x_i + c_0 x0_hat_i + c_1 x0_hat_{i-1}: c_x = std_{i+1} / std_i,
     c_0 = -scale_{i+1} expm1(-h_i) (1 + w_i), c_1 = scale_{i+1} expm1(-h_i) w_i with
     w_i = 1 / (2 r_i) = h_i / (2 h_{i-1}) on second-order steps and 0 on first-order ones."""
+    _check_grid(grid)
     s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
     h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
     steps = []
@@ -477,6 +489,7 @@ def unipc_steps(grid: TimeGrid) -> list[Step]:
     evaluation at the predicted point, which the next step reuses: x_{i+1} = c_x x_i + c_0 m_i +
     c_1 m_{i-1} + c_new m_{i+1} (coefficients in :func:`unipc`). Neither the last point (std = 0,
     no model call there) nor a point reached from zero SNR (infinite h) is corrected."""
+    _check_grid(grid)
     s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
     h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
     steps = []
@@ -596,7 +609,8 @@ def flow_endpoint(
     scale, std = (float(v) for v in process.marginal(t_start))
     if scale == 0 or std == 0 or std / scale <= sigma_min:
         raise ValueError(
-            f"t must be a time with sigma_min < sigma(t) < inf, got sigma(t) = {std / scale}"
+            "t must be a time with sigma_min < sigma(t) < inf, got sigma(t) = "
+            f"{std / scale if scale > 0 else math.inf}"
         )
     t_max, t_min = float(t_start), float(process.time_at(sigma_min))
     grid = process.grid(steps, "karras", t_max=t_max, t_min=t_min)
