@@ -38,23 +38,25 @@ from diffusion_core.parameterization import (
 )
 from diffusion_core.samplers import (
     SAMPLERS,
-    TimeGrid,
     ddim,
     ddpm,
     dpm_solver_pp_2m,
     euler,
     euler_maruyama,
+    evaluations,
     flow_endpoint,
     heun,
     predictor_corrector,
     prior_sample,
-    schedule_grid,
-    sde_grid,
-    sigma_grid,
+    unipc_steps,
 )
 from diffusion_core.schedules import (
+    EDM,
     VESDE,
     VPSDE,
+    GridPoint,
+    RectifiedFlow,
+    TimeGrid,
     cosine_schedule,
     karras_sigmas,
     linear_schedule,
@@ -94,7 +96,7 @@ def ddpm_schedule():
 
 @pytest.mark.parametrize("steps", [1, 3, 7, 50, 1000])
 def test_trailing_schedule_grid_runs_from_T_to_the_clean_sample(ddpm_schedule, steps):
-    grid = schedule_grid(ddpm_schedule, steps)
+    grid = ddpm_schedule.grid(steps)  # trailing is a discrete schedule's default
     assert grid.steps == steps and grid.t.dtype == torch.int64
     assert int(grid.t[0]) == 1000 and int(grid.t[-1]) == 0
     assert (float(grid.scale[-1]), float(grid.std[-1])) == (1.0, 0.0)
@@ -105,9 +107,9 @@ def test_trailing_schedule_grid_runs_from_T_to_the_clean_sample(ddpm_schedule, s
 
 def test_time_grid_properties_at_zero_terminal_snr():
     schedule = rescale_zero_terminal_snr(scaled_linear_schedule(1000))
-    grid = schedule_grid(schedule, 10, "leading")
+    grid = schedule.grid(10, "leading")
     assert int(grid.t[0]) == 901  # leading spacing never visits t = T
-    grid = schedule_grid(schedule, 10)
+    grid = schedule.grid(10)
     assert float(grid.sigma[0]) == math.inf and float(grid.log_snr[0]) == -math.inf
     assert float(grid.sigma[-1]) == 0.0 and float(grid.log_snr[-1]) == math.inf
     assert bool((grid.log_snr.diff() > 0).all())
@@ -115,21 +117,26 @@ def test_time_grid_properties_at_zero_terminal_snr():
 
 @pytest.mark.parametrize("sde", [VPSDE(), VESDE()])
 def test_sde_grids_uniform_and_karras(sde):
-    grid = sde_grid(sde, 8, t_min=0.01)
+    grid = sde.grid(8, t_min=0.01)  # uniform is a continuous process's default
     expected = torch.cat([torch.linspace(1, 0.01, 8, dtype=F64), torch.zeros(1, dtype=F64)])
     torch.testing.assert_close(grid.t, expected, rtol=0, atol=0)
     assert float(grid.std[-1]) == 0.0 and float(grid.scale[-1]) == 1.0
 
-    grid = sde_grid(sde, 8, t_min=0.01, kind="karras", rho=5.0)
+    grid = sde.grid(8, "karras", t_min=0.01, rho=5.0)
     sigma_max, sigma_min = grid.sigma[0].item(), grid.sigma[-2].item()
     sigmas = karras_sigmas(8, sigma_min, sigma_max, rho=5.0)
     torch.testing.assert_close(grid.sigma[:-1], sigmas, rtol=1e-10, atol=0)
     assert grid.t[0].item() == 1.0 and grid.t[-2].item() == 0.01
-    assert sde_grid(sde, 1, kind="karras").t.tolist() == [1.0, 0.0]
+    assert sde.grid(1, "karras").t.tolist() == [1.0, 0.0]
+    # log-SNR: evenly spaced in log sigma between the same ends.
+    grid = sde.grid(8, "log_snr", t_min=0.01)
+    even = torch.linspace(math.log(sigma_max), math.log(sigma_min), 8, dtype=F64)
+    torch.testing.assert_close(grid.sigma[:-1].log(), even, rtol=0, atol=1e-12)
+    assert grid.t[0].item() == 1.0 and grid.t[-2].item() == 0.01
 
 
 def test_prior_sample_scales_unit_noise_by_the_first_std():
-    grid = sde_grid(VESDE(), 4)
+    grid = VESDE().grid(4)
     x = prior_sample(grid, (5, 3), gen(0))
     z = torch.randn(5, 3, generator=gen(0), dtype=F64)
     assert x.dtype == F64
@@ -139,28 +146,41 @@ def test_prior_sample_scales_unit_noise_by_the_first_std():
 
 def test_grid_arguments_are_checked(ddpm_schedule):
     small = linear_schedule(50)
-    with pytest.raises(ValueError, match=r"steps must be in 1\.\.50, got 0"):
-        schedule_grid(small, 0)
+    # A Karras or uniform grid may have any number of steps; trailing, leading and linspace
+    # pick integer steps, at most T of them.
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\., got 0"):
+        small.grid(0)
     with pytest.raises(ValueError, match=r"steps must be in 1\.\.50, got 51"):
-        schedule_grid(small, 51)
+        small.grid(51)
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\.50, got 51"):
+        small.grid(51, "leading")
+    assert small.grid(51, "karras").steps == 51
     with pytest.raises(TypeError, match="steps must be an int"):
-        schedule_grid(small, 2.0)
-    with pytest.raises(ValueError, match="spacing must be one of"):
-        schedule_grid(small, 5, "uniform")
-    with pytest.raises(TypeError, match="schedule must be a Schedule"):
-        schedule_grid(VPSDE(), 5)
+        small.grid(2.0)
+    with pytest.raises(ValueError, match="spacing must be one of .*'trailing'"):
+        small.grid(5, "cosine")
+    with pytest.raises(ValueError, match="picks integer steps from 1..T"):
+        small.grid(5, t_max=40)
+    with pytest.raises(
+        ValueError, match=r"spacing must be one of \('uniform', 'karras', 'log_snr'\)"
+    ):
+        VPSDE().grid(5, "trailing")
     with pytest.raises(ValueError, match="steps must be in 1"):
-        sde_grid(VPSDE(), 0)
-    with pytest.raises(ValueError, match=r"t_min must be a number in \(0, 1\)"):
-        sde_grid(VPSDE(), 5, t_min=0.0)
-    with pytest.raises(ValueError, match="kind must be one of"):
-        sde_grid(VPSDE(), 5, kind="cosine")
-    with pytest.raises(TypeError, match="kind='karras' needs a VPSDE or VESDE"):
-        sde_grid(ddpm_schedule, 5, kind="karras")
-    with pytest.raises(TypeError, match="sde must have a marginal"):
-        sde_grid("vp", 5)
+        VPSDE().grid(0)
+    with pytest.raises(ValueError, match=r"need 0 < t_min <= t_max, got t_min=0\.0"):
+        VPSDE().grid(5, t_min=0.0)
+    with pytest.raises(ValueError, match=r"t_min must be a finite number in \(0, 1\), got 0\.0"):
+        VPSDE(t_min=0.0)
+    with pytest.raises(ValueError, match=r"t_max must be a finite number in \[0, 1\], got 1\.5"):
+        VPSDE().grid(5, t_max=1.5)
+    with pytest.raises(ValueError, match=r"t_min must be a finite number in \[0, 0\.5\]"):
+        VESDE().grid(5, t_max=0.5, t_min=0.6)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        VPSDE().grid(5, "cosine")
+    with pytest.raises(ValueError, match="finite noise level at t_max"):
+        rescale_zero_terminal_snr(small).grid(5, "karras")
     with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
-        prior_sample(schedule_grid(small, 2), (0, 2))
+        prior_sample(small.grid(2), (0, 2))
     with pytest.raises(TypeError, match="grid must be a TimeGrid"):
         prior_sample(small, (2, 2))
 
@@ -219,11 +239,11 @@ def sw_floor(mixture):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUDGETS))
 def test_sliced_w2_falls_with_steps_down_to_the_noise_floor(name, mixture, ddpm_schedule, sw_floor):
-    model = exact_denoiser(mixture, ddpm_schedule)
+    model = exact_denoiser(mixture)
     data = mixture.sample(N_SW, gen(100))
     distances = []
     for steps in BUDGETS[name]:
-        grid = schedule_grid(ddpm_schedule, steps)
+        grid = ddpm_schedule.grid(steps)
         out = sample(name, model, grid, n=N_SW, seed=1)
         distances.append(sliced_wasserstein(out, data).item())
     band = 1.5 * sw_floor
@@ -244,9 +264,8 @@ GAUSS_COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64)
 
 def gaussian_error(name, sde, steps):
     """Exact W2 between the sampler's output law and the exact marginal at the grid's end."""
-    full = sde_grid(sde, steps)
-    grid = TimeGrid(full.t[:-1], full.scale[:-1], full.std[:-1])  # stop before the clean point
-    model = exact_denoiser(gaussian(GAUSS_MEAN, GAUSS_COV), sde)
+    grid = sde.grid(steps)[:-1]  # stop before the clean point
+    model = exact_denoiser(gaussian(GAUSS_MEAN, GAUSS_COV))
     basis = torch.cat([torch.zeros(1, 2, dtype=F64), torch.eye(2, dtype=F64)])
     out = SAMPLERS[name](model, basis, grid)
     offset, matrix = out[0], (out[1:] - out[0]).T  # the affine map x -> matrix x + offset
@@ -285,7 +304,8 @@ def test_multistep_orders_on_a_closed_form_flow():
     y_0 = torch.tensor([[2.0]], dtype=F64)
     exact = mu + (y_0 - mu) * math.sqrt((v + sigma_end**2) / (v + sigma_0**2))
 
-    def denoiser(y, sigma):
+    def denoiser(y, point):
+        sigma = point.sigma  # scale 1: the state is y itself
         return (mu * sigma**2 + v * y) / (v + sigma**2)
 
     for name, order in (("dpm_solver_pp_2m", 2), ("unipc", 3)):
@@ -298,32 +318,53 @@ def test_multistep_orders_on_a_closed_form_flow():
         assert all(abs(o - order) < 0.1 for o in orders), (name, errors, orders)
 
 
-def test_flow_endpoint_is_the_exact_end_of_the_probability_flow():
-    # The closed-form flow of 1-D Gaussian data N(mu, v), followed from sigma_0 to sigma = 0:
-    # y(0) = mu + (y_0 - mu) (v / (v + sigma_0^2))^(1/2). Given in VP coordinates x = scale y.
-    mu, v, scale, std = 0.7, 0.3, 0.2, 0.9
-    sigma_0 = std / scale
-    x = torch.tensor([[2.0], [-1.0], [0.4]], dtype=F64)
-    exact = mu + (x / scale - mu) * math.sqrt(v / (v + sigma_0**2))
+def closed_form_flow(mu, v):
+    """1-D Gaussian data N(mu, v): the exact denoiser D(x, point) of x = scale x0 + std eps, and
+    the exact end of its probability flow, y(0) = mu + (y - mu) (v / (v + sigma^2))^(1/2) in
+    y = x / scale."""
 
-    def denoiser(y, sigma):
+    def denoiser(x, point):
+        y, sigma = x / point.scale, point.sigma
         return (mu * sigma**2 + v * y) / (v + sigma**2)
 
+    def end(x, scale, std):
+        return mu + (x / scale - mu) * math.sqrt(v / (v + (std / scale) ** 2))
+
+    return denoiser, end
+
+
+def test_flow_endpoint_is_the_exact_end_of_the_probability_flow():
+    # Started from a VP state with (scale, std) = (0.2, 0.9) proportions: sigma_0 = 4.5, at the
+    # VPSDE time where sigma(t) = 4.5.
+    mu, v, sigma_0 = 0.7, 0.3, 4.5
+    denoiser, end = closed_form_flow(mu, v)
+    process = VPSDE()
+    t = float(process.time_at(sigma_0))
+    scale, std = (float(a) for a in process.marginal(t))
+    assert math.isclose(std / scale, sigma_0, rel_tol=1e-14)
+    x = torch.tensor([[2.0], [-1.0], [0.4]], dtype=F64)
+    exact = end(x, scale, std)
     # Measured: 4.8e-5 at 100 steps, 3.4e-8 at 1000 (there the first-order last step from
     # sigma_min = 1e-4, an error of order sigma_min^2 / v, dominates).
     for steps, tolerance in ((100, 1e-4), (1000, 1e-7)):
-        end = flow_endpoint(denoiser, x, scale, std, steps)
-        assert rms_distance(end, exact).item() < tolerance, steps
-    with pytest.raises(ValueError, match="scale and std must be positive"):
-        flow_endpoint(denoiser, x, 0.0, std)
-    with pytest.raises(TypeError, match="scale must be a number"):
-        flow_endpoint(denoiser, x, torch.tensor(scale), std)
-    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
-        flow_endpoint(denoiser, x, scale, std, sigma_min=10.0)
+        out = flow_endpoint(denoiser, x, process, t, steps)
+        assert rms_distance(out, exact).item() < tolerance, steps
+    with pytest.raises(ValueError, match="sigma_min < sigma\\(t\\) < inf, got sigma\\(t\\) = 0"):
+        flow_endpoint(denoiser, x, process, 0.0)
+    with pytest.raises(ValueError, match="sigma\\(t\\) < inf, got sigma\\(t\\) = inf"):
+        flow_endpoint(denoiser, x, RectifiedFlow(), 1.0)
+    with pytest.raises(ValueError, match="sigma_min < sigma\\(t\\)"):
+        flow_endpoint(denoiser, x, process, t, sigma_min=10.0)
+    with pytest.raises(TypeError, match="process must be a Process"):
+        flow_endpoint(denoiser, x, "vp", t)
+    with pytest.raises(ValueError, match="steps must be in 2"):
+        flow_endpoint(denoiser, x, process, t, steps=1)
+    with pytest.raises(ValueError, match=r"sigma_min must be a finite number in \(0, inf\]"):
+        flow_endpoint(denoiser, x, process, t, sigma_min=0.0)
 
 
 def test_unipc_weights_are_accurate_for_tiny_steps():
-    from diffusion_core.samplers import _phi_2_3, _unic_coefficients
+    from diffusion_core.samplers import _phi_2_3
 
     for u in (-1e-3, 1e-3):  # the series and the closed form meet at |u| = 1e-3
         below, above = _phi_2_3(u * (1 - 1e-12)), _phi_2_3(u * (1 + 1e-12))
@@ -333,7 +374,10 @@ def test_unipc_weights_are_accurate_for_tiny_steps():
     # on a uniform grid, (8/12, -1/12, 5/12) on (m_i, m_{i-1}, m_{i+1}), instead of blowing up.
     h = 1e-9
     sigma = torch.exp(-h * torch.arange(4, dtype=F64))  # lambda = -log sigma: steps of h
-    c_x, c_0, c_1, c_new = _unic_coefficients(TimeGrid(sigma, torch.ones(4, dtype=F64), sigma))[1]
+    step = unipc_steps(TimeGrid(sigma, torch.ones(4, dtype=F64), sigma))[1]
+    assert step.reuse and step.correct.x_pred == step.correct.noise == 0
+    corrector = step.correct
+    c_x, c_0, c_1, c_new = corrector.x, corrector.d, corrector.d_prev, corrector.d_pred
     c_d = -math.expm1(-h)  # the step's first-order weight, scale' (1 - e^-h)
     assert math.isclose(c_x, math.exp(-h), rel_tol=1e-15)
     for weight, expected in ((c_0, 8 / 12), (c_1, -1 / 12), (c_new, 5 / 12)):
@@ -352,13 +396,13 @@ def test_ode_samplers_are_exact_on_a_point_mass():
     # With a data distribution that is a single point, D(x, t) = x0 everywhere and the ODE
     # solution is a straight line in sigma: every first-order step is exact.
     x0 = torch.tensor([[0.3, -1.2]], dtype=F64)
-    grid = sde_grid(VPSDE(), 6)
+    grid = VPSDE().grid(6)
     x = prior_sample(grid, (1, 2), gen(0))
     y = x / grid.scale[0]
     expected = grid.scale[3] * (x0 + grid.sigma[3] / grid.sigma[0] * (y - x0))
-    partial = TimeGrid(grid.t[:4], grid.scale[:4], grid.std[:4])
+    partial = grid[:4]
     for name in ODE_SAMPLERS:
-        out = SAMPLERS[name](lambda x, t: x0.expand_as(x), x, partial)
+        out = SAMPLERS[name](lambda x, point: x0.expand_as(x), x, partial)
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12, msg=name)
 
 
@@ -367,7 +411,7 @@ def test_ode_samplers_are_exact_on_a_point_mass():
 
 @pytest.fixture(scope="module")
 def exact_model(mixture, ddpm_schedule):
-    return exact_denoiser(mixture, ddpm_schedule)
+    return exact_denoiser(mixture)
 
 
 def test_ddim_eta_zero_equals_the_first_order_dpm_solver_step(exact_model, ddpm_schedule):
@@ -378,7 +422,7 @@ def test_ddim_eta_zero_equals_the_first_order_dpm_solver_step(exact_model, ddpm_
         ddim(exact_model, x, grid), dpm_solver_pp_2m(exact_model, x, grid), rtol=0, atol=1e-12
     )
     # ... and the first step of a longer grid, seen through the callback.
-    grid = schedule_grid(ddpm_schedule, 10)
+    grid = ddpm_schedule.grid(10)
     first = {}
     for name in ("ddim", "dpm_solver_pp_2m"):
         SAMPLERS[name](
@@ -389,7 +433,7 @@ def test_ddim_eta_zero_equals_the_first_order_dpm_solver_step(exact_model, ddpm_
 
 @pytest.mark.parametrize("spacing", ["trailing", "leading"])
 def test_euler_equals_ddim_with_eta_zero(exact_model, ddpm_schedule, spacing):
-    grid = schedule_grid(ddpm_schedule, 20, spacing)
+    grid = ddpm_schedule.grid(20, spacing)
     x = prior_sample(grid, (32, 2), gen(1))
     torch.testing.assert_close(
         euler(exact_model, x, grid), ddim(exact_model, x, grid, eta=0.0), rtol=0, atol=1e-12
@@ -397,7 +441,7 @@ def test_euler_equals_ddim_with_eta_zero(exact_model, ddpm_schedule, spacing):
 
 
 def test_ddim_eta_one_equals_ddpm_beta_tilde(exact_model, ddpm_schedule):
-    grid = schedule_grid(ddpm_schedule, 20)
+    grid = ddpm_schedule.grid(20)
     x = prior_sample(grid, (32, 2), gen(2))
     torch.testing.assert_close(
         ddim(exact_model, x, grid, gen(3), eta=1.0),
@@ -415,11 +459,11 @@ def test_ddpm_single_step_is_the_forward_posterior(ddpm_schedule, t):
     grid = TimeGrid(times, *ddpm_schedule.marginal(times))
     mean, variance = q_posterior(ddpm_schedule, x0, x_t, t)
     z = torch.randn(16, 2, generator=gen(6), dtype=F64) if t > 1 else torch.zeros(16, 2, dtype=F64)
-    out = ddpm(lambda x, t: x0, x_t, grid, gen(6))
+    out = ddpm(lambda x, point: x0, x_t, grid, gen(6))
     torch.testing.assert_close(out, mean + variance.sqrt() * z, rtol=0, atol=1e-12)
     # variance="beta": Ho et al.'s sigma_t^2 = beta_t, except on the last step onto t = 0.
     beta = ddpm_schedule.betas[t - 1] if t > 1 else torch.zeros((), dtype=F64)
-    out = ddpm(lambda x, t: x0, x_t, grid, gen(6), variance="beta")
+    out = ddpm(lambda x, point: x0, x_t, grid, gen(6), variance="beta")
     torch.testing.assert_close(out, mean + beta.sqrt() * z, rtol=0, atol=1e-12)
 
 
@@ -428,9 +472,10 @@ def test_ddpm_single_step_is_the_forward_posterior(ddpm_schedule, t):
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_one_step_returns_the_denoiser_output(name, exact_model, ddpm_schedule):
-    grid = schedule_grid(ddpm_schedule, 1)
+    grid = ddpm_schedule.grid(1)
     x = prior_sample(grid, (16, 2), gen(8))
-    expected = exact_model(x, torch.tensor(1000))
+    expected = exact_model(x, grid[0])
+    assert grid[0].t == 1000
     torch.testing.assert_close(SAMPLERS[name](exact_model, x, grid, gen(9)), expected)
 
 
@@ -440,12 +485,12 @@ def test_all_T_steps_of_a_small_schedule(name, mixture):
     calls = []
     out = sample(
         name,
-        exact_denoiser(mixture, schedule),
-        schedule_grid(schedule, 50),
+        exact_denoiser(mixture),
+        schedule.grid(50),
         n=8,
         callback=lambda i, x, x0_hat: calls.append(i),
     )
-    assert schedule_grid(schedule, 50).t.tolist() == list(range(50, -1, -1))
+    assert schedule.grid(50).t.tolist() == list(range(50, -1, -1))
     assert calls == list(range(50))
     assert out.shape == (8, 2) and bool(torch.isfinite(out).all())
 
@@ -458,13 +503,13 @@ def v_model_at_zero_snr(mixture, schedule):
         x0 = mixture.x0_pred(x, scale, std)
         return v_from_eps_x0(eps_from_x0(x, x0, scale, std), x0, scale, std)
 
-    return as_denoiser(v_net, schedule, "v")
+    return as_denoiser(v_net, "v")
 
 
 @pytest.mark.parametrize("name", ZERO_SNR_SAMPLERS)
 def test_zero_terminal_snr_with_v_prediction_stays_finite(name, mixture):
     schedule = rescale_zero_terminal_snr(scaled_linear_schedule(1000))
-    grid = schedule_grid(schedule, 25)
+    grid = schedule.grid(25)
     assert float(grid.scale[0]) == 0.0
     model = v_model_at_zero_snr(mixture, schedule)
     trajectory = []
@@ -480,7 +525,7 @@ def test_reverse_sde_samplers_refuse_zero_terminal_snr(name, mixture):
     schedule = rescale_zero_terminal_snr(scaled_linear_schedule(100))
     model = v_model_at_zero_snr(mixture, schedule)
     with pytest.raises(ValueError, match="finite sigma_0"):
-        sample(name, model, schedule_grid(schedule, 10))
+        sample(name, model, schedule.grid(10))
 
 
 def test_eps_prediction_at_zero_terminal_snr_raises_on_the_first_call(mixture):
@@ -489,22 +534,22 @@ def test_eps_prediction_at_zero_terminal_snr_raises_on_the_first_call(mixture):
     def eps_net(x, t):
         return mixture.eps_pred(x, *schedule.marginal(t))
 
-    model = as_denoiser(eps_net, schedule, "eps")
+    model = as_denoiser(eps_net, "eps")
     with pytest.raises(ValueError, match="zero SNR"):
-        sample("ddim", model, schedule_grid(schedule, 10))
+        sample("ddim", model, schedule.grid(10))
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_float32_input_gives_float32_output_with_float64_arithmetic(
     name, exact_model, ddpm_schedule
 ):
-    grid = schedule_grid(ddpm_schedule, 8)
+    grid = ddpm_schedule.grid(8)
     x = prior_sample(grid, (16, 2), gen(12))
     seen = set()
 
-    def model(x, t):
+    def model(x, point):
         seen.add(x.dtype)
-        return exact_model(x.double(), t).float()
+        return exact_model(x.double(), point).float()
 
     states = []
     out = SAMPLERS[name](model, x.float(), grid, gen(13), callback=lambda i, x, _: states.append(x))
@@ -520,11 +565,10 @@ def test_float32_input_gives_float32_output_with_float64_arithmetic(
 )
 def test_noise_is_drawn_in_the_callers_precision(dtype, drawn, ddpm_schedule):
     # One DDPM step from x = 0 with a model that predicts 0 is pure noise: beta_tilde^(1/2) z.
-    full = schedule_grid(ddpm_schedule, 10)
-    grid = TimeGrid(full.t[:2], full.scale[:2], full.std[:2])
+    grid = ddpm_schedule.grid(10)[:2]
     (a_t, a_s), (s_t, s_s) = grid.scale.tolist(), grid.std.tolist()
     beta_tilde = s_s**2 * (1 - (s_s * a_t / (a_s * s_t)) ** 2)
-    out = ddpm(lambda x, t: torch.zeros_like(x), torch.zeros(64, 3, dtype=dtype), grid, gen(3))
+    out = ddpm(lambda x, point: torch.zeros_like(x), torch.zeros(64, 3, dtype=dtype), grid, gen(3))
     z = torch.randn(64, 3, generator=gen(3), dtype=drawn).double()
     expected = (math.sqrt(beta_tilde) * z).to(dtype)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
@@ -536,7 +580,7 @@ def test_noise_is_drawn_in_the_callers_precision(dtype, drawn, ddpm_schedule):
 def test_per_sample_generators_make_a_samples_path_independent_of_its_batch(
     name, options, exact_model, ddpm_schedule
 ):
-    grid = schedule_grid(ddpm_schedule, 12)
+    grid = ddpm_schedule.grid(12)
     seeds = sample_seeds(7, range(6))
     x = prior_sample(grid, (6, 2), per_sample_generators(seeds))
     whole = SAMPLERS[name](exact_model, x, grid, per_sample_generators(seeds), **options)
@@ -556,19 +600,19 @@ def test_per_sample_generators_make_a_samples_path_independent_of_its_batch(
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_images_shaped_batches_work(name, ddpm_schedule):
-    grid = schedule_grid(ddpm_schedule, 4)
+    grid = ddpm_schedule.grid(4)
     x = prior_sample(grid, (3, 1, 4, 4), gen(14))
-    out = SAMPLERS[name](lambda x, t: 0.5 * x, x, grid, gen(15))
+    out = SAMPLERS[name](lambda x, point: 0.5 * x, x, grid, gen(15))
     assert out.shape == (3, 1, 4, 4) and bool(torch.isfinite(out).all())
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_sampler_arguments_are_checked(name, ddpm_schedule):
-    grid = schedule_grid(ddpm_schedule, 4)
+    grid = ddpm_schedule.grid(4)
     x = prior_sample(grid, (4, 2), gen(16))
     sampler = SAMPLERS[name]
 
-    def identity(x, t):
+    def identity(x, point):
         return x
 
     with pytest.raises(TypeError, match="model must be callable"):
@@ -589,22 +633,29 @@ def test_sampler_arguments_are_checked(name, ddpm_schedule):
         sampler(identity, x, grid, [gen(0), 1, gen(2), gen(3)])
     with pytest.raises(TypeError, match="callback must be callable"):
         sampler(identity, x, grid, None, "print")
-    with pytest.raises(ValueError, match=r"model\(x, t\) must return a tensor of shape \(4, 2\)"):
-        sampler(lambda x, t: x[:, :1], x, grid)
+    must_return = r"model\(x, point\) must return a floating-point tensor of shape \(4, 2\)"
+    with pytest.raises(ValueError, match=must_return + r", got shape \(4, 1\)"):
+        sampler(lambda x, point: x[:, :1], x, grid)
+    with pytest.raises(ValueError, match=must_return + r", got shape \(4, 2\), dtype torch.int64"):
+        sampler(lambda x, point: x.long(), x, grid)
+    with pytest.raises(ValueError, match=must_return + ", got list"):
+        sampler(lambda x, point: x.tolist(), x, grid)
 
 
 def test_sampler_options_are_checked(exact_model, ddpm_schedule):
-    grid = schedule_grid(ddpm_schedule, 4)
+    grid = ddpm_schedule.grid(4)
     x = prior_sample(grid, (4, 2), gen(17))
     with pytest.raises(ValueError, match="variance must be one of"):
         ddpm(exact_model, x, grid, variance="fixed_large")
-    with pytest.raises(ValueError, match=r"eta must lie in \[0.0, 1.0\]"):
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\], got 1\.5"):
         ddim(exact_model, x, grid, eta=1.5)
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\], got nan"):
+        ddim(exact_model, x, grid, eta=math.nan)
     with pytest.raises(TypeError, match="eta must be a number"):
         ddim(exact_model, x, grid, eta="1")
-    with pytest.raises(ValueError, match="corrector_steps must be in 0"):
+    with pytest.raises(ValueError, match=r"corrector_steps must be in 0\.\., got -1"):
         predictor_corrector(exact_model, x, grid, corrector_steps=-1)
-    with pytest.raises(ValueError, match="snr must lie in"):
+    with pytest.raises(ValueError, match=r"snr must be a finite number in \[0, inf\], got -0\.1"):
         predictor_corrector(exact_model, x, grid, snr=-0.1)
 
 
@@ -633,10 +684,10 @@ class SyncCounter:
     def wrap(self, model):
         """Arm at the first model call (the loop has begun) and pause during every call."""
 
-        def counted(x, t):
+        def counted(x, point):
             self.armed = False
             try:
-                return model(x, t)
+                return model(x, point)
             finally:
                 self.armed = True
 
@@ -645,7 +696,7 @@ class SyncCounter:
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_no_host_synchronisation_inside_the_loop(name, exact_model, ddpm_schedule, monkeypatch):
-    grid = schedule_grid(ddpm_schedule, 6)
+    grid = ddpm_schedule.grid(6)
     x = prior_sample(grid, (16, 2), gen(18))
     counter = SyncCounter(monkeypatch)
     SAMPLERS[name](counter.wrap(exact_model), x, grid, gen(19), callback=None)
@@ -659,7 +710,7 @@ def test_no_host_synchronisation_inside_the_loop(name, exact_model, ddpm_schedul
 
 
 def test_euler_maruyama_and_predictor_corrector_are_reproducible(exact_model, ddpm_schedule):
-    grid = schedule_grid(ddpm_schedule, 5)
+    grid = ddpm_schedule.grid(5)
     x = prior_sample(grid, (8, 2), gen(20))
     for sampler in (euler_maruyama, predictor_corrector, ddpm, heun):
         first, second = (
@@ -669,17 +720,29 @@ def test_euler_maruyama_and_predictor_corrector_are_reproducible(exact_model, dd
         torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
-def test_sigma_grid_is_the_variance_exploding_view():
-    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1], dtype=torch.float64)
-    grid = sigma_grid(sigmas)
-    assert torch.equal(grid.t, torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0], dtype=torch.float64))
-    assert torch.equal(grid.std, grid.t) and torch.equal(
-        grid.scale, torch.ones(5, dtype=torch.float64)
-    )
+def test_edm_grids_are_the_variance_exploding_view():
+    # EDM's default grid is karras_sigmas with sigma = 0 appended, scale 1, model time sigma.
+    grid = EDM(0.1, 80.0).grid(4)
+    sigmas = karras_sigmas(4, 0.1, 80.0)
+    assert torch.equal(grid.t, torch.cat([sigmas, torch.zeros(1, dtype=F64)]))
+    assert torch.equal(grid.std, grid.t) and torch.equal(grid.scale, torch.ones(5, dtype=F64))
     assert torch.equal(grid.sigma[:-1], sigmas)
-    with pytest.raises(ValueError, match="sigmas"):
-        sigma_grid(torch.tensor([1.0, 0.0], dtype=torch.float64))
-    with pytest.raises(ValueError, match="decreasing"):
-        sigma_grid(torch.tensor([1.0, 2.0], dtype=torch.float64))
-    with pytest.raises(TypeError, match="sigmas"):
-        sigma_grid([1.0, 0.5])
+    assert [point.t.item() for point in grid.points] == grid.t.tolist()
+    # Any other list of noise levels: TimeGrid(t, 1, t) with t = [sigmas, 0].
+    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1], dtype=F64)
+    t = torch.cat([sigmas, torch.zeros(1, dtype=F64)])
+    grid = TimeGrid(t, torch.ones_like(t), t)
+    assert torch.equal(grid.t, torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0], dtype=F64))
+    assert torch.equal(grid.sigma[:-1], sigmas)
+    with pytest.raises(ValueError, match="t must be strictly decreasing"):
+        t = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+        TimeGrid(t, torch.ones_like(t), t)
+    with pytest.raises(ValueError, match="t must be strictly decreasing"):
+        t = torch.tensor([1.0, 2.0, 0.0], dtype=F64)
+        TimeGrid(t, torch.ones_like(t), t)
+    with pytest.raises(TypeError, match="t must be a 1-D torch.Tensor"):
+        TimeGrid([1.0, 0.5, 0.0], torch.ones(3, dtype=F64), torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max < inf"):
+        EDM(0.0, 80.0)
+    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max < inf"):
+        EDM(1.0, math.inf)
