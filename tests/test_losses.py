@@ -1,4 +1,5 @@
-"""Tests for :mod:`diffusion_core.losses`: optimal predictors, target equivalences, weights.
+"""Tests for :mod:`diffusion_core.losses`: optimal predictors, target equivalences, weights,
+and the training objective :class:`~diffusion_core.losses.DiffusionLoss`.
 
 The Monte Carlo check uses Gaussian data x0 ~ N(0, c^2 I), where the optimal predictors are
 linear in x_t. With D = scale^2 c^2 + std^2 (the variance of x_t per dimension), the posterior
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from diffusion_core.losses import (
+    DiffusionLoss,
     diffusion_loss,
     loss_weight,
     per_sample_loss,
@@ -248,3 +250,37 @@ def test_bad_arguments_raise():
         per_sample_loss(net, x0, schedule, 3, torch.randn(4, 3))
     with pytest.raises(ValueError, match="net must return a tensor shaped like x0"):
         diffusion_loss(lambda x, t: x[:, :1], x0, schedule, gen(0))
+
+
+# --- the training objective ------------------------------------------------------------------
+
+
+def test_diffusion_objective_is_the_per_sample_diffusion_loss():
+    schedule = linear_schedule(100)
+    x0 = torch.randn(64, 2, generator=gen(14))
+    torch.manual_seed(0)
+    net = MLPDenoiser()
+    objective = DiffusionLoss(schedule, prediction="v", weighting="min_snr", min_snr_gamma=2.0)
+    per_sample = objective(net, x0, None, gen(15))
+    assert per_sample.shape == (64,)
+    expected = diffusion_loss(net, x0, schedule, gen(15), "v", "min_snr", 2.0)
+    assert torch.equal(per_sample.mean(), expected)
+    t, noise = sample_t_and_noise(x0, schedule, gen(15))
+    assert torch.equal(
+        per_sample, per_sample_loss(net, x0, schedule, t, noise, "v", "min_snr", 2.0)
+    )
+
+
+def test_label_dropout_replaces_labels_by_the_null_label_at_the_stated_rate():
+    objective = DiffusionLoss(linear_schedule(10), label_dropout=0.25, null_label=7)
+    labels = torch.arange(20_000) % 7
+    dropped = objective.condition(labels, gen(16))
+    kept = dropped != 7
+    assert torch.equal(dropped[kept], labels[kept])
+    # 20,000 Bernoulli(0.25) draws: standard error 0.0031
+    assert abs(float((~kept).double().mean()) - 0.25) < Z * 0.0031
+    assert objective.condition(None, gen(16)) is None
+    plain, generator = DiffusionLoss(linear_schedule(10)), gen(17)
+    state = generator.get_state()
+    assert plain.condition(labels, generator) is labels
+    assert torch.equal(generator.get_state(), state)  # no dropout, no draw

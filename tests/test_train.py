@@ -1,9 +1,13 @@
-"""Tests for :mod:`diffusion_core.train`: reproducibility, resuming, checkpoints, the config.
+"""Tests for :mod:`diffusion_core.train`: reproducibility, resuming, checkpoints, the configs,
+the learning-rate schedule, divergence.
 
 Runs are tiny (a 16-unit MLP, tens of steps) so that bitwise comparisons stay cheap; equality is
-exact (``==`` on the loss lists, ``torch.equal`` on the weights), not a tolerance.
+exact (``==`` on the loss lists, ``torch.equal`` on the weights), not a tolerance. The fixture
+``schedule`` is the diffusion objective on a 100-step linear schedule (the name the loop's
+third argument had before it took objectives).
 """
 
+import math
 import os
 
 import pytest
@@ -11,11 +15,14 @@ import torch
 
 import diffusion_core.train as train_module
 from diffusion_core.analytic import default_mixture_2d
+from diffusion_core.losses import DiffusionLoss, Objective
 from diffusion_core.nets import MLPDenoiser
 from diffusion_core.schedules import linear_schedule
 from diffusion_core.train import (
+    RunConfig,
     TrainConfig,
     ema_decay_at,
+    learning_rate_at,
     load_checkpoint,
     save_checkpoint,
     train,
@@ -29,7 +36,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def schedule():
-    return linear_schedule(100)
+    return DiffusionLoss(linear_schedule(100))
 
 
 def tiny_net(seed=0):
@@ -64,17 +71,37 @@ def test_different_seed_gives_a_different_curve(data, schedule):
     assert run_a.losses != run_b.losses
 
 
-def test_resumed_run_equals_the_uninterrupted_run(data, schedule, tmp_path):
-    settings = {"prediction": "v", "weighting": "min_snr", "grad_clip": 0.5, "weight_decay": 0.01}
-    straight_net = tiny_net()
-    straight = train(straight_net, data, schedule, tiny_config(steps=40, **settings), False)
+class Interrupted(Exception):
+    """Stands for a crash of the run right after a checkpoint was written."""
 
+
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_resumed_run_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, lr_schedule):
+    objective = DiffusionLoss(linear_schedule(100), prediction="v", weighting="min_snr")
+    settings = {"grad_clip": 0.5, "weight_decay": 0.01, "lr_schedule": lr_schedule}
+    straight_net = tiny_net()
+    straight = train(straight_net, data, objective, tiny_config(steps=40, **settings))
+
+    # A constant-lr run may be extended: 20 steps, then resumed to 40. The cosine decays over
+    # config.steps, so a cosine run is resumed with its own steps: it crashes after step 20.
     path = tmp_path / "run.pt"
-    first = tiny_config(steps=20, checkpoint_path=path, **settings)
-    train(tiny_net(), data, schedule, first, progress=False)
+    first = tiny_config(steps=20 if lr_schedule == "constant" else 40, **settings)
+
+    def save_then_crash(where, state):
+        save_checkpoint(where, state)
+        raise Interrupted
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Interrupted):
+        run = RunConfig(checkpoint_every=20, checkpoint_path=path)
+        train(tiny_net(), data, objective, first, run=run, progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 20
+
     resumed_net = tiny_net(seed=99)  # its initial weights are replaced by the checkpoint's
-    second = tiny_config(steps=40, checkpoint_path=tmp_path / "resumed.pt", **settings)
-    resumed = train(resumed_net, data, schedule, second, progress=False, resume_from=path)
+    second = tiny_config(steps=40, **settings)
+    run = RunConfig(checkpoint_path=tmp_path / "resumed.pt")
+    resumed = train(resumed_net, data, objective, second, run=run, resume_from=path)
 
     assert resumed.step == 40
     assert resumed.losses == straight.losses
@@ -85,11 +112,17 @@ def test_resumed_run_equals_the_uninterrupted_run(data, schedule, tmp_path):
 
 def test_resume_rejects_changed_settings(data, schedule, tmp_path):
     path = tmp_path / "run.pt"
-    train(tiny_net(), data, schedule, tiny_config(steps=5, checkpoint_path=path), progress=False)
+    run = RunConfig(checkpoint_path=path)
+    train(tiny_net(), data, schedule, tiny_config(steps=5), run=run, progress=False)
     with pytest.raises(ValueError, match="lr=0.003, but config has lr=0.001"):
-        train(tiny_net(), data, schedule, tiny_config(lr=1e-3), False, resume_from=path)
+        train(tiny_net(), data, schedule, tiny_config(lr=1e-3), resume_from=path)
     with pytest.raises(ValueError, match="past config.steps"):
-        train(tiny_net(), data, schedule, tiny_config(steps=3), False, resume_from=path)
+        train(tiny_net(), data, schedule, tiny_config(steps=3), resume_from=path)
+    other = DiffusionLoss(linear_schedule(100), prediction="x0")
+    with pytest.raises(ValueError, match="prediction='eps', but objective has prediction='x0'"):
+        train(tiny_net(), data, other, tiny_config(), resume_from=path)
+    with pytest.raises(ValueError, match="lr_schedule='constant', but config has"):
+        train(tiny_net(), data, schedule, tiny_config(lr_schedule="cosine"), resume_from=path)
 
 
 def test_checkpoints_are_written_every_n_steps_and_at_the_end(
@@ -97,14 +130,15 @@ def test_checkpoints_are_written_every_n_steps_and_at_the_end(
 ):
     written = []
     monkeypatch.setattr(train_module, "save_checkpoint", lambda p, s: written.append(s["step"]))
-    config = tiny_config(steps=25, checkpoint_every=10, checkpoint_path=tmp_path / "c.pt")
-    train(tiny_net(), data, schedule, config, progress=False)
+    run = RunConfig(checkpoint_every=10, checkpoint_path=tmp_path / "c.pt")
+    train(tiny_net(), data, schedule, tiny_config(steps=25), run=run, progress=False)
     assert written == [10, 20, 25]
 
 
 def test_checkpoint_loads_with_weights_only(data, schedule, tmp_path):
     path = tmp_path / "run.pt"
-    run = train(tiny_net(), data, schedule, tiny_config(checkpoint_path=path), progress=False)
+    config, run_config = tiny_config(), RunConfig(checkpoint_path=path)
+    run = train(tiny_net(), data, schedule, config, run=run_config, progress=False)
     state = torch.load(path, weights_only=True)
     assert state["step"] == 30 and state["losses"] == run.losses
     assert set(state) >= {"net", "ema", "optimizer", "generators", "step", "losses"}
@@ -142,7 +176,7 @@ def test_loss_decreases_on_a_2d_mixture(schedule):
     torch.manual_seed(0)
     net = MLPDenoiser(hidden=32, depth=2, time_dim=16)
     config = TrainConfig(steps=300, batch_size=128, lr=3e-3)
-    losses = train(net, data, linear_schedule(1000), config, progress=False).losses
+    losses = train(net, data, DiffusionLoss(linear_schedule(1000)), config).losses
     first, last = sum(losses[:50]) / 50, sum(losses[-50:]) / 50
     assert last < 0.8 * first
 
@@ -173,7 +207,8 @@ def test_losses_are_read_back_every_log_every_steps_not_every_step(data, schedul
             return _original(tensor, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, method, counting)
-    run = train(tiny_net(), data, schedule, tiny_config(steps=12, log_every=5), progress=False)
+    run = RunConfig(log_every=5)
+    run = train(tiny_net(), data, schedule, tiny_config(steps=12), run=run, progress=False)
     assert reads == ["tolist"] * 3  # after steps 5, 10 and 12
     assert len(run.losses) == 12 and all(isinstance(value, float) for value in run.losses)
 
@@ -196,23 +231,54 @@ def test_nothing_is_printed_unless_asked(data, schedule, capfd, monkeypatch):
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"lr": 0.0}, ValueError, r"lr must be a finite number in \(0, inf\)"),
         ({"lr": -1e-3}, ValueError, "lr"),
+        ({"lr": math.nan}, ValueError, r"lr must be a finite number in \(0, inf\), got nan"),
+        ({"lr": math.inf}, ValueError, r"lr must be a finite number in \(0, inf\), got inf"),
         ({"lr": "1e-3"}, TypeError, "lr must be a number"),
         ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+        ({"lr_schedule": "step"}, ValueError, "lr_schedule must be one of"),
         ({"ema_decay": 1.0}, ValueError, r"ema_decay must be a finite number in \[0, 1\)"),
         ({"ema_decay": -0.5}, ValueError, "ema_decay"),
         ({"grad_clip": 0.0}, ValueError, "grad_clip"),
-        ({"prediction": "score"}, ValueError, "prediction must be one of"),
-        ({"weighting": "p2"}, ValueError, "weighting must be one of"),
-        ({"min_snr_gamma": 0}, ValueError, "min_snr_gamma"),
         ({"seed": -1}, ValueError, "seed"),
-        ({"log_every": 0}, ValueError, "log_every"),
-        ({"checkpoint_every": 5}, ValueError, "checkpoint_path"),
-        ({"checkpoint_path": 3}, TypeError, "checkpoint_path"),
+        ({"seed": 2**64}, ValueError, "seed must be in 0..18446744073709551615"),
+        ({"shared_generator": 1}, TypeError, "shared_generator must be True or False"),
     ],
 )
 def test_bad_config_values_raise(changes, error, message):
     with pytest.raises(error, match=message):
         TrainConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"log_every": 0}, ValueError, "log_every"),
+        ({"checkpoint_every": 5}, ValueError, "checkpoint_path"),
+        ({"checkpoint_path": 3}, TypeError, "checkpoint_path"),
+        ({"mixed_precision": 1}, TypeError, "mixed_precision must be True or False"),
+    ],
+)
+def test_bad_run_config_values_raise(changes, error, message):
+    with pytest.raises(error, match=message):
+        RunConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"prediction": "score"}, ValueError, "prediction must be one of"),
+        ({"weighting": "p2"}, ValueError, "weighting must be one of"),
+        ({"min_snr_gamma": 0}, ValueError, "min_snr_gamma"),
+        ({"label_dropout": 0.1}, ValueError, "null_label"),
+        ({"label_dropout": 1.0, "null_label": 3}, ValueError, "label_dropout"),
+        ({"null_label": -1}, ValueError, "null_label"),
+    ],
+)
+def test_bad_objective_values_raise(changes, error, message):
+    with pytest.raises(error, match=message):
+        DiffusionLoss(linear_schedule(10), **changes)
+    with pytest.raises(TypeError, match="schedule must be"):
+        DiffusionLoss("linear")
 
 
 def test_bad_train_arguments_raise(data, schedule):
@@ -223,14 +289,91 @@ def test_bad_train_arguments_raise(data, schedule):
         train(net, data.long(), schedule, config)
     with pytest.raises(ValueError, match="data must have shape"):
         train(net, data[:, 0], schedule, config)
-    with pytest.raises(TypeError, match="schedule must be"):
-        train(net, data, None, config)
+    with pytest.raises(ValueError, match=r"data must have shape \(N, ...\) with N >= 1"):
+        train(net, data[:0], schedule, config)
+    with pytest.raises(ValueError, match="data must be finite"):
+        train(net, data * math.nan, schedule, config)
+    with pytest.raises(TypeError, match="objective must be an Objective"):
+        train(net, data, linear_schedule(100), config)
     with pytest.raises(TypeError, match="config must be"):
         train(net, data, schedule, {"steps": 1})
+    with pytest.raises(TypeError, match="run must be a RunConfig"):
+        train(net, data, schedule, config, run={"log_every": 1})
+    with pytest.raises(ValueError, match=r"labels must have shape \(512,\)"):
+        train(net, data, schedule, config, labels=torch.arange(511))
+    with pytest.raises(TypeError, match="labels must hold integers"):
+        train(net, data, schedule, config, labels=torch.ones(512))
     with pytest.raises(TypeError, match="progress must be"):
         train(net, data, schedule, config, progress="yes")
     with pytest.raises(ValueError, match="device"):
         train(net, data, schedule, config, progress=False, device="tpu")
+
+
+def test_a_diverging_run_stops_before_writing_a_checkpoint(data, tmp_path):
+    """lr = 1e30 overflows the weights within a step or two: the loss turns inf or NaN, and the
+    run must stop at the next read-back rather than save those weights."""
+    path = tmp_path / "run.pt"
+    run = RunConfig(log_every=5, checkpoint_every=5, checkpoint_path=path)
+    with pytest.raises(FloatingPointError, match=r"training diverged: the loss of step \d+ is"):
+        train(tiny_net(), data, DiffusionLoss(linear_schedule(100)), tiny_config(lr=1e30), run=run)
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_cosine_learning_rate_falls_from_lr_towards_zero():
+    config = tiny_config(steps=4, lr=0.2, lr_schedule="cosine")
+    rates = [learning_rate_at(config, step) for step in range(4)]
+    expected = [0.2 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert rates == expected and rates[0] == 0.2
+    assert [learning_rate_at(tiny_config(lr=0.2), k) for k in range(3)] == [0.2] * 3
+
+
+def test_the_optimizer_steps_with_the_scheduled_rate(data, schedule, monkeypatch):
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    config = tiny_config(steps=5, lr_schedule="cosine")
+    train(tiny_net(), data, schedule, config, progress=False)
+    assert seen == [learning_rate_at(config, k) for k in range(5)]
+
+
+def test_without_ema_decay_there_is_no_ema(data, schedule):
+    net = tiny_net()
+    run = train(net, data, schedule, tiny_config(steps=3, ema_decay=None))
+    assert run.ema is None and run.net is net and run.step == 3
+
+
+class GeneratorSpy(Objective):
+    """A least-squares objective that records the generators the loop hands it."""
+
+    def __init__(self):
+        self.seen = []
+
+    def condition(self, labels, generator):
+        self.seen.append(("condition", generator))
+        return labels
+
+    def __call__(self, net, batch, labels, generator):
+        self.seen.append(("loss", generator))
+        noise = torch.randn(batch.shape, generator=generator)
+        return (net(batch + noise, torch.ones(len(batch), dtype=torch.long)) - batch).square()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_minibatches_and_noise_come_from_one_or_two_generators(data, shared):
+    spy = GeneratorSpy()
+    train(tiny_net(), data, spy, tiny_config(steps=2, shared_generator=shared))
+    (_, data_generator), (_, noise_generator) = spy.seen[:2]
+    assert (data_generator is noise_generator) == shared
+    if shared:  # one generator seeded with the seed itself: the first draw is the minibatch
+        index = torch.randint(512, (32,), generator=torch.Generator().manual_seed(1))
+        again = torch.Generator().manual_seed(1)
+        assert torch.equal(torch.randint(512, (32,), generator=again), index)
 
 
 @pytest.mark.slow
@@ -247,7 +390,7 @@ def test_trained_mlp_samples_the_mixture_at_the_noise_floor():
     torch.manual_seed(1)
     net = MLPDenoiser()
     config = TrainConfig(steps=2000, batch_size=256, lr=2e-3, ema_decay=0.995, seed=1)
-    run = train(net, data, linear_schedule(), config, progress=False)
+    run = train(net, data, DiffusionLoss(linear_schedule()), config, progress=False)
     grid = samplers.schedule_grid(linear_schedule(), 50)
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
