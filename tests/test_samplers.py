@@ -21,6 +21,7 @@ import math
 import pytest
 import torch
 
+from diffusion_core._validation import check_labels, check_number
 from diffusion_core.analytic import default_mixture_2d, gaussian
 from diffusion_core.device import per_sample_generators, sample_seeds
 from diffusion_core.forward import q_posterior
@@ -66,6 +67,7 @@ from diffusion_core.schedules import (
 
 torch.set_num_threads(1)
 F64 = torch.float64
+EPS = torch.finfo(F64).eps
 ODE_SAMPLERS = ["ddim", "euler", "heun", "dpm_solver_pp_2m", "unipc"]
 ZERO_SNR_SAMPLERS = ["ddpm", "ddim", "euler", "heun", "dpm_solver_pp_2m", "unipc"]
 STOCHASTIC_SAMPLERS = ["ddpm", "euler_maruyama", "predictor_corrector"]
@@ -746,3 +748,221 @@ def test_edm_grids_are_the_variance_exploding_view():
         EDM(0.0, 80.0)
     with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max < inf"):
         EDM(1.0, math.inf)
+
+
+# ----------------------------------------------------------- TimeGrid indexing and slicing
+
+
+def test_time_grid_indexing_and_slicing(ddpm_schedule):
+    grid = ddpm_schedule.grid(10)
+    assert len(grid) == 11 == grid.steps + 1 and len(grid.points) == 11
+    assert isinstance(grid.points, tuple)
+    # grid[:-1] is the grid a caller once built by hand to stop before the clean point.
+    truncated = grid[:-1]
+    by_hand = TimeGrid(grid.t[:-1], grid.scale[:-1], grid.std[:-1])
+    for field in ("t", "scale", "std"):
+        assert torch.equal(getattr(truncated, field), getattr(by_hand, field)), field
+    assert isinstance(truncated, TimeGrid) and truncated.steps == 9
+    assert truncated.points == by_hand.points
+    middle = grid[3:6]
+    assert middle.steps == 2 and torch.equal(middle.t, grid.t[3:6])
+    # grid[i] is a GridPoint whose Python floats are the tensors' values, exactly.
+    for i in (0, 4, -1):
+        point = grid[i]
+        assert isinstance(point, GridPoint) and point is grid.points[i]
+        assert type(point.scale) is float and type(point.std) is float
+        assert point.scale == grid.scale[i].item() and point.std == grid.std[i].item()
+        assert torch.equal(point.t, grid.t[i]) and point.t.ndim == 0
+        assert point.sigma == grid.sigma[i].item()
+        assert math.isclose(point.log_snr, grid.log_snr[i].item(), rel_tol=4 * EPS)
+    assert grid[0].t == 1000 and grid[-1].t == 0
+    assert (grid[-1].sigma, grid[-1].log_snr) == (0.0, math.inf)
+    zero = RectifiedFlow().grid(4)[0]
+    assert (zero.scale, zero.std, zero.sigma, zero.log_snr) == (0.0, 1.0, math.inf, -math.inf)
+    with pytest.raises(IndexError):
+        grid[11]
+    with pytest.raises(ValueError, match="at least 2 points"):
+        grid[3:4]  # a single point is not a grid
+
+
+# ------------------------------------------------------------------- model evaluations
+
+
+def counting(model, calls):
+    def counted(x, point):
+        calls.append(point)
+        return model(x, point)
+
+    return counted
+
+
+@pytest.mark.parametrize("K", [1, 2, 7])
+def test_evaluations_count_the_model_calls(K, exact_model, ddpm_schedule):
+    # On a grid that ends at std = 0: one call per step, Heun and the predictor-corrector one
+    # more per step but the last (its Euler step onto sigma = 0, no corrector at the clean
+    # point), UniPC none more (its corrector's call is the next step's).
+    grid = ddpm_schedule.grid(K)
+    expected = {
+        "ddpm": K,
+        "ddim": K,
+        "euler": K,
+        "heun": 2 * K - 1,
+        "euler_maruyama": K,
+        "predictor_corrector": 2 * K - 1,
+        "dpm_solver_pp_2m": K,
+        "unipc": K,
+    }
+    assert set(expected) == set(SAMPLERS)
+    x = prior_sample(grid, (16, 2), gen(30))
+    for name, count in expected.items():
+        assert evaluations(SAMPLERS[name], grid) == count, name
+        calls = []
+        SAMPLERS[name](counting(exact_model, calls), x, grid, gen(31))
+        assert len(calls) == count, name
+        assert calls[0] is grid[0] and all(p in grid.points[:-1] for p in calls), name
+    assert evaluations(predictor_corrector, grid, corrector_steps=1) == 2 * K - 1
+    assert evaluations(predictor_corrector, grid, corrector_steps=0) == K
+    assert evaluations(predictor_corrector, grid, corrector_steps=3) == K + 3 * (K - 1)
+
+
+def test_evaluations_on_partial_and_zero_snr_grids(exact_model, ddpm_schedule):
+    # A grid that stops at std > 0 (K steps): Heun corrects the last step too, and UniPC
+    # evaluates the model at its last point to correct it. From zero SNR Heun's first step is
+    # Euler's.
+    K = 6
+    partial = ddpm_schedule.grid(K + 1)[:-1]
+    assert partial.steps == K and float(partial.std[-1]) > 0
+    assert evaluations(heun, partial) == 2 * K and evaluations(euler, partial) == K
+    assert evaluations(SAMPLERS["unipc"], partial) == K + 1
+    assert evaluations(predictor_corrector, partial) == 2 * K
+    flow = RectifiedFlow().grid(K)
+    assert evaluations(heun, flow) == 2 * K - 2 and evaluations(SAMPLERS["unipc"], flow) == K
+    calls = []
+    heun(counting(exact_model, calls), prior_sample(flow, (4, 2), gen(32)), flow)
+    assert len(calls) == 2 * K - 2
+
+
+# ------------------------------------------------------------------ the rectified-flow path
+
+
+DETERMINISTIC = {"ddim": 1, "euler": 1, "heun": 2, "dpm_solver_pp_2m": 2, "unipc": 2}
+
+
+def mixture_covariance(mixture):
+    second = sum(
+        w * (c + m[:, None] * m[None, :])
+        for w, m, c in zip(mixture.weights, mixture.means, mixture.covs, strict=True)
+    )
+    return second - mixture.mean[:, None] * mixture.mean[None, :]
+
+
+@pytest.fixture(scope="module")
+def zero_snr_flow(mixture):
+    """The start z of the rectified-flow path at t = 1 (pure noise) and the exact end of its
+    probability flow. The flow cannot be started at zero SNR, so it is started at t = 1 - d from
+    its Taylor expansion: with D = E[x0 | x_t] = mean + Cov (1 - t) x / t^2 + O((1 - t)^2) and
+    the velocity v = (x - D) / t, x(1) = z gives v = z - mean and x'' = Cov z at t = 1, so
+    x(1 - d) = z - d (z - mean) + d^2 / 2 Cov z + O(d^3)."""
+    model = exact_denoiser(mixture)
+    z = torch.randn(64, 2, generator=gen(40), dtype=F64)
+    cov = mixture_covariance(mixture)
+
+    def end(d, steps):
+        start = z - d * (z - mixture.mean) + d**2 / 2 * z @ cov.T
+        return flow_endpoint(model, start, RectifiedFlow(), 1 - d, steps)
+
+    reference = end(1e-3, 4000)
+    # Validated: another start (d = 2e-3) and half the steps give the same end to 1e-6. (A
+    # start without the d^2 term would be off by 2e-6 |Cov z|, about 6e-6 here, and the
+    # 2000-step solve is within 3e-6 / 8 of the 4000-step one: its error falls like steps^-3.)
+    assert rms_distance(end(2e-3, 2000), reference).item() < 1e-6
+    return model, z, reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(DETERMINISTIC))
+def test_rectified_flow_runs_through_every_deterministic_sampler(name, zero_snr_flow):
+    # The straight path x_t = (1 - t) x0 + t eps from pure noise at t = 1, through the samplers
+    # as they are, with the exact mixture denoiser: the error falls between 50 and 500 steps by
+    # 10^p, p the order, within the suite's 0.3 on observed orders. From zero SNR every sampler
+    # takes a first-order first step, whose local error O(h^2) makes UniPC second order here
+    # (third on the closed-form flow above).
+    model, z, reference = zero_snr_flow
+    errors = []
+    for steps in (50, 500):
+        grid = RectifiedFlow().grid(steps)
+        assert float(grid.scale[0]) == 0.0 and float(grid.std[0]) == 1.0
+        out = SAMPLERS[name](model, z, grid)
+        assert bool(torch.isfinite(out).all())
+        errors.append(rms_distance(out, reference).item())
+    order = DETERMINISTIC[name]
+    assert errors[1] < 1e-2 and math.log10(errors[0] / errors[1]) > order - 0.3, (name, errors)
+
+
+@pytest.mark.parametrize(
+    "process", [VPSDE(), linear_schedule(), EDM(1e-4, 100.0)], ids=["VPSDE", "linear", "EDM"]
+)
+def test_the_flow_endpoint_does_not_depend_on_the_process(process, mixture):
+    # The probability-flow ODE in y = x / scale is the same for every process: a rectified-flow
+    # state at t = 0.7 and the matching state of another process (same sigma, x scaled by the
+    # ratio of the scales) flow to the same clean point. The two solves are one computation on
+    # sigma grids equal to a few ulps, so they agree to round-off: 1000 steps of eps * |x0|.
+    model = exact_denoiser(mixture)
+    rf, t = RectifiedFlow(), 0.7
+    scale, std = (float(v) for v in rf.marginal(t))
+    x = std * torch.randn(64, 2, generator=gen(41), dtype=F64)
+    t_other = process.time_at(torch.tensor(std / scale, dtype=F64)).item()
+    scale_other, std_other = (float(v) for v in process.marginal(torch.tensor(t_other, dtype=F64)))
+    assert math.isclose(std_other / scale_other, std / scale, rel_tol=8 * EPS)
+    end = flow_endpoint(model, x, rf, t, steps=1000)
+    other = flow_endpoint(model, x * scale_other / scale, process, t_other, steps=1000)
+    bound = 1000 * EPS * end.abs().max().item()
+    assert (other - end).abs().max().item() < bound
+
+
+# ------------------------------------------------------------------ shared argument checks
+
+
+def test_check_number_names_the_argument_and_the_range():
+    assert check_number("w", 3) == 3.0 and type(check_number("w", 3)) is float
+    assert check_number("w", torch.tensor(0.5)) == 0.5
+    assert check_number("eta", 1.0, 0.0, 1.0) == 1.0  # closed ends by default
+    with pytest.raises(ValueError, match=r"^eta must be a finite number in \[0, 1\], got 1\.5$"):
+        check_number("eta", 1.5, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"^t must be a finite number in \(0, 1\), got 1$"):
+        check_number("t", 1, 0, 1, low_open=True, high_open=True)
+    with pytest.raises(ValueError, match=r"^t must be a finite number in \(0, 1\], got 0$"):
+        check_number("t", 0, 0, 1, low_open=True)
+    with pytest.raises(ValueError, match=r"^s must be a finite number in \[-inf, inf\], got nan"):
+        check_number("s", math.nan)
+    for value in (math.inf, -math.inf, torch.tensor(math.inf)):
+        with pytest.raises(ValueError, match=r"^s must be a finite number in \[-inf, inf\]"):
+            check_number("s", value)
+    for value in (True, False):
+        with pytest.raises(TypeError, match="^flag must be a number, got bool"):
+            check_number("flag", value)
+    with pytest.raises(TypeError, match="^flag must be a number, got Tensor"):
+        check_number("flag", torch.tensor(True))  # a bool tensor is not read as 1.0
+    for value in ("1", None, [1.0], torch.ones(2)):
+        with pytest.raises(TypeError, match="^x must be a number, got"):
+            check_number("x", value)
+
+
+def test_check_labels_names_the_argument_and_the_range():
+    labels = check_labels("labels", torch.tensor([0, 2, 1], dtype=torch.int32), 3, 3)
+    assert labels.dtype == torch.int64 and labels.tolist() == [0, 2, 1]
+    assert check_labels("labels", torch.tensor([5, 7])).tolist() == [5, 7]  # no range given
+    for bad in (torch.tensor([0, 3]), torch.tensor([-1, 0])):
+        with pytest.raises(ValueError, match=r"^labels must lie in 0\.\.2, got values in"):
+            check_labels("labels", bad, classes=3)
+    with pytest.raises(ValueError, match=r"got values in -1\.\.3$"):
+        check_labels("labels", torch.tensor([-1, 3]), classes=3)
+    with pytest.raises(ValueError, match=r"^y must have shape \(4,\), one per sample, got \(3,\)"):
+        check_labels("y", torch.tensor([0, 1, 2]), 4)
+    with pytest.raises(ValueError, match=r"^y must have shape \(n,\), one per sample, got \(\)"):
+        check_labels("y", torch.tensor(1))
+    for bad in (torch.tensor([True, False]), torch.tensor([0.0, 1.0])):
+        with pytest.raises(TypeError, match="^y must hold integers, got dtype"):
+            check_labels("y", bad)
+    with pytest.raises(TypeError, match="^y must be an integer torch.Tensor, got list"):
+        check_labels("y", [0, 1])
