@@ -6,7 +6,7 @@ betas 1e-4 .. 0.02), so that each error is the sampler's own discretisation erro
 the exact denoiser (``parameterization.exact_denoiser``); diffusers' schedulers see the exact
 noise prediction (``GaussianMixture.eps_pred``) at their own alpha-bar table, configured with
 our betas (``trained_betas``) and ``timestep_spacing="trailing"``, the spacing our grids use
-(``samplers.schedule_grid``), so that both start at t = T. Other settings are diffusers'
+(``schedule.grid``), so that both start at t = T. Other settings are diffusers'
 defaults (DPM-Solver++ and UniPC of order 2, DDPM with the "fixed_small" variance; clipping off).
 
 Budgets count model evaluations. Heun and the predictor-corrector spend two per step except on
@@ -27,10 +27,11 @@ Near the floor, the sliced W2 cannot rank samplers (a first-order sampler may la
 reference sample by chance). A second table therefore gives, for the deterministic samplers,
 the pathwise error: the root-mean-square distance from each sample to the exact solution of
 the probability-flow ODE from the same starting noise (``metrics.rms_distance``). That
-solution is computed by ``samplers.flow_endpoint`` in y = x / scale, where the ODE dy/dsigma =
-(y - D(y, sigma)) / sigma is the same for every schedule: 2000 UniPC steps on a Karras grid from
-sigma_T down to 1e-4 (dense where the solution bends, near the data), with the exact denoiser
-at every sigma; its own error is bounded by its distance to 1000 steps of the same (printed).
+solution is computed by ``samplers.flow_endpoint``: the ODE dy/dsigma = (y - D(y, sigma)) /
+sigma in y = x / scale is the same for every schedule, and it is solved with 2000 UniPC steps on
+Karras noise levels from sigma_T down to 1e-4 (dense where the solution bends, near the data),
+placed on the linear schedule's own clock, with the exact denoiser at every level; its own
+error is bounded by its distance to 1000 steps of the same (printed).
 This error has no sampling noise at all.
 
 Run:  .venv/bin/python benchmarks/sampler_accuracy.py [--n 20000] [--budgets 5 10 20 50 100]
@@ -100,13 +101,13 @@ def steps_for(name: str, budget: int) -> int:
 
 def ours(name, mixture, schedule, z, budget, seed):
     """Run one of our samplers; return (samples, model evaluations)."""
-    grid = samplers.schedule_grid(schedule, steps_for(name, budget), "trailing")
-    model = exact_denoiser(mixture, schedule)
+    grid = schedule.grid(steps_for(name, budget), "trailing")
+    model = exact_denoiser(mixture)
     calls = []
 
-    def counted(x, t):
+    def counted(x, point):
         calls.append(1)
-        return model(x, t)
+        return model(x, point)
 
     out = samplers.SAMPLERS[name](
         counted, grid.std[0] * z, grid, torch.Generator().manual_seed(seed)
@@ -243,11 +244,8 @@ def pathwise(args, mixture, schedule, z, contenders, diffusers) -> None:
 
 def exact_flow(mixture, schedule, z, steps: int) -> torch.Tensor:
     """The probability-flow solution at t = 0 from x_T = std_T z (``samplers.flow_endpoint``)."""
-    scale_T, std_T = (float(v) for v in schedule.marginal(torch.tensor(schedule.T)))
-    one = torch.ones((), dtype=torch.float64)
-    return samplers.flow_endpoint(
-        lambda y, sigma: mixture.x0_pred(y, one, sigma), std_T * z, scale_T, std_T, steps
-    )
+    std_T = schedule.grid(1)[0].std
+    return samplers.flow_endpoint(exact_denoiser(mixture), std_T * z, schedule, schedule.T, steps)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,19 @@ import math
 
 import torch
 
+__all__ = [
+    "as_tensor",
+    "check_batch",
+    "check_finite",
+    "check_float",
+    "check_labels",
+    "check_number",
+    "check_positive_int",
+    "check_shape",
+    "check_timesteps",
+    "per_sample",
+]
+
 
 def as_tensor(name: str, x, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Return ``x`` as a tensor (numbers and sequences are converted), optionally cast."""

@@ -20,6 +20,20 @@ from diffusion_core._validation import (
 )
 from diffusion_core.schedules import Schedule
 
+__all__ = [
+    "posterior_coefficients",
+    "q_posterior",
+    "q_sample",
+    "q_step",
+    "seed_article_diffuse",
+    "seed_article_equation_diffuse",
+    "seed_article_equation_moments",
+    "seed_article_reverse",
+    "seed_article_variance",
+    "simulate_chain",
+    "simulate_sde",
+]
+
 
 def _check_schedule(schedule) -> Schedule:
     if not isinstance(schedule, Schedule):

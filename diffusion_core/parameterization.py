@@ -39,6 +39,7 @@ from diffusion_core.analytic import GaussianMixture
 
 __all__ = [
     "PREDICTIONS",
+    "Denoiser",
     "as_denoiser",
     "eps_from_score",
     "eps_from_v",
@@ -76,6 +77,30 @@ def _pair(name_a: str, a, name_b: str, b) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
+def _numbers(scale, std) -> bool:
+    """Whether both levels are Python floats (a grid point's), which take the fast path: one
+    float64 copy of x, then in-place arithmetic, the same operations in the same order."""
+    return type(scale) is float and type(std) is float
+
+
+def _copy(name_a: str, a, name_b: str, b) -> torch.Tensor:
+    """A float64 copy of ``a`` after the checks of :func:`_pair` (``b`` is left as it is: the
+    in-place arithmetic on the copy promotes it to float64)."""
+    _copy_check(name_a, a, name_b, b)
+    return a.to(torch.float64, copy=True)
+
+
+def _copy_check(name_a: str, a, name_b: str, b) -> None:
+    """The checks of :func:`_pair`, without converting either tensor."""
+    for name, value in ((name_a, a), (name_b, b)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.ndim < 1:
+            _tensor(name, value)  # raises the message that fits
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b} must have the shape of {name_a}, {tuple(a.shape)}, got {tuple(b.shape)}"
+        )
+
+
 def _level(name: str, value, like: torch.Tensor) -> torch.Tensor | float:
     """``scale`` or ``std``: a number, a 0-d tensor or one value per sample, shaped to broadcast.
     A Python float (what a grid point holds) is used as it is, with no tensor made."""
@@ -97,12 +122,16 @@ def x0_from_eps(x, eps, scale, std) -> torch.Tensor:
     Divides by ``scale``: inf or NaN at scale = 0 (zero terminal SNR), where eps carries no
     information about x0.
     """
+    if _numbers(scale, std):
+        return _copy("x", x, "eps", eps).sub_(eps, alpha=std).div_(scale)
     x, eps = _pair("x", x, "eps", eps)
     return (x - _level("std", std, x) * eps) / _level("scale", scale, x)
 
 
 def eps_from_x0(x, x0, scale, std) -> torch.Tensor:
     """eps = (x - scale * x0) / std. Divides by ``std``: inf or NaN at std = 0 (clean data)."""
+    if _numbers(scale, std):
+        return _copy("x", x, "x0", x0).sub_(x0, alpha=scale).div_(std)
     x, x0 = _pair("x", x, "x0", x0)
     return (x - _level("scale", scale, x) * x0) / _level("std", std, x)
 
@@ -119,6 +148,8 @@ def x0_from_v(x, v, scale, std) -> torch.Tensor:
 
     Finite whenever scale and std are not both zero: v-prediction works at zero terminal SNR.
     """
+    if _numbers(scale, std):
+        return _copy("x", x, "v", v).mul_(scale).sub_(v, alpha=std).div_(scale**2 + std**2)
     x, v = _pair("x", x, "v", v)
     scale, std = _level("scale", scale, x), _level("std", std, x)
     return (scale * x - std * v) / (scale**2 + std**2)
@@ -149,9 +180,9 @@ def eps_from_score(score, std) -> torch.Tensor:
 # ---------------------------------------------------------------------------- denoisers
 
 
-def as_denoiser(net: Callable, prediction: str) -> Callable:
+def as_denoiser(net: Callable, prediction: str) -> Denoiser:
     """Turn ``net(x, t)``, which predicts eps, x0 or v at time t, into the denoiser
-    ``model(x, point) -> x0_hat`` that every sampler takes.
+    ``model(x, point) -> x0_hat`` that every sampler takes (a :class:`Denoiser`).
 
     ``point`` is the :class:`~diffusion_core.schedules.GridPoint` the sampler evaluates at: the
     network sees ``point.t`` (its own time, whatever the process), and the conversion above uses
@@ -166,26 +197,61 @@ def as_denoiser(net: Callable, prediction: str) -> Callable:
     x0 = (x - std eps) / scale is 0 / 0. The model then raises ``ValueError`` at such a point
     instead of returning NaN (a comparison of Python floats, free).
     """
-    if not callable(net):
-        raise TypeError(f"net must be callable, got {type(net).__name__}")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return Denoiser(net, prediction)
 
-    def model(x: torch.Tensor, point, *cond) -> torch.Tensor:
-        out = net(x, point.t, *cond)
-        if prediction == "x0":
+
+class Denoiser:
+    """The denoiser of a network that predicts eps, x0 or v (see :func:`as_denoiser`).
+
+    Each conversion is affine in the network's output at fixed (x, point),
+
+        x0_hat = a x + b out:   eps: (a, b) = (1 / scale, -std / scale),
+                                v:   (a, b) = (scale, -std) / (scale^2 + std^2),
+                                x0:  (a, b) = (0, 1),
+
+    and :meth:`affine` returns (out, a, b). The samplers' loop uses it to fold the conversion
+    into a step's own coefficients (x' = c_x x + c_d x0_hat becomes (c_x + c_d a) x + c_d b out),
+    the arithmetic a scheduler that steps on eps directly does, with no tensor of x0_hat made
+    unless it is needed; calling the denoiser gives x0_hat itself.
+    """
+
+    def __init__(self, net: Callable, prediction: str):
+        if not callable(net):
+            raise TypeError(f"net must be callable, got {type(net).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.net, self.prediction = net, prediction
+
+    def __call__(self, x: torch.Tensor, point, *cond) -> torch.Tensor:
+        out = self.net(x, point.t, *cond)
+        if self.prediction == "x0":
             return _pair("x", x, "net(x, t)", out)[1]
-        if prediction == "v":
+        if self.prediction == "v":
             return x0_from_v(x, out, point.scale, point.std)
+        self._check_snr(point)
+        return x0_from_eps(x, out, point.scale, point.std)
+
+    def affine(self, x: torch.Tensor, point, *cond) -> tuple[torch.Tensor, float, float]:
+        """(out, a, b) with x0_hat = a x + b out, out = ``net(x, point.t, *cond)`` as it is."""
+        out = self.net(x, point.t, *cond)
+        _copy_check("x", x, "net(x, t)", out)
+        scale, std = point.scale, point.std
+        if self.prediction == "x0":
+            return out, 0.0, 1.0
+        if self.prediction == "v":
+            norm = scale**2 + std**2
+            return out, scale / norm, -std / norm
+        self._check_snr(point)
+        return out, 1.0 / scale, -std / scale
+
+    @staticmethod
+    def _check_snr(point) -> None:
         if point.scale == 0:
             raise ValueError(
                 "prediction='eps' cannot recover x0 at zero SNR (scale = 0 at this t): x_t holds "
                 "no information about x0 there. Use a v- or x0-predicting model, or start the "
                 "grid at a time with scale > 0."
             )
-        return x0_from_eps(x, out, point.scale, point.std)
-
-    return model
 
 
 def exact_denoiser(mixture: GaussianMixture) -> Callable:

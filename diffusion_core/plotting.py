@@ -13,6 +13,15 @@ import torch
 from IPython.display import HTML
 from matplotlib.animation import FuncAnimation
 
+__all__ = [
+    "BOOK_STYLE",
+    "animate_images",
+    "animate_points",
+    "density_panel",
+    "image_grid",
+    "use_book_style",
+]
+
 BOOK_STYLE = {
     "figure.figsize": (7.0, 3.6),
     "figure.dpi": 110,

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -124,8 +124,7 @@ F64 = torch.float64
 # ------------------------------------------------------------------------- step rules
 
 
-@dataclass(frozen=True)
-class Update:
+class Update(NamedTuple):
     """The coefficients of one linear combination of a step,
 
         x_new = x x_i + d D_i + d_prev D_{i-1} + noise z_i + x_pred x_pred + d_pred D',
@@ -142,8 +141,7 @@ class Update:
     d_pred: float = 0.0
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One step of a sampler from grid point i to i + 1: the prediction x_pred = ``predict``
     (which may not use x_pred or D'), then, if ``correct`` is given, one more model call
     D' = D(x_pred) at point i + 1 and x_{i+1} = ``correct``. With ``reuse`` the next step takes
@@ -186,36 +184,80 @@ def apply_steps(steps, model, x, points, noise, callback, dtype, shift=None):
     states to obtain a sampler's exact affine map."""
     d_prev = d_next = None
     for i, step in enumerate(steps):
-        d = _denoise(model, x, points[i], dtype) if d_next is None else d_next
+        d = _evaluate(model, x, points[i], dtype) if d_next is None else d_next
         z = noise(x) if step.predict.noise != 0 else None
         x_new, d_next = _combine(step.predict, x, d, d_prev, z), None
         if step.correct is not None:
-            d_new = _denoise(model, x_new, points[i + 1], dtype)
-            x_new = _combine(step.correct, x, d, d_prev, None, x_new, d_new)
+            d_new = _evaluate(model, x_new, points[i + 1], dtype)
+            # x_new may be overwritten unless the model saw it itself or D' is kept for later
+            private = dtype != F64 and not step.reuse
+            x_new = _combine(step.correct, x, d, d_prev, None, x_new, d_new, in_place=private)
             d_next = d_new if step.reuse else None
         x, d_prev = x_new, d
         if shift is not None:
             x = x + shift(i)
         if callback is not None:
-            callback(i, x, d)
+            callback(i, x, _sum(d))
     return x
 
 
-def _combine(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None) -> torch.Tensor:
-    """sum_j c_j v_j over the terms of ``u`` with c_j != 0: one multiply, then one fused
-    multiply-add per term, into a new float64 tensor (the v_j are left alone)."""
-    out = None
-    for c, v in (
-        (u.d, d),
-        (u.x, x),
-        (u.d_prev, d_prev),
-        (u.noise, z),
-        (u.x_pred, x_pred),
-        (u.d_pred, d_pred),
-    ):
-        if c != 0:
-            out = c * v if out is None else out.add_(v, alpha=c)
+def _evaluate(model, x: torch.Tensor, point: GridPoint, dtype: torch.dtype) -> tuple:
+    """The denoiser's output at x as terms ((c, tensor), ...) that sum to x0_hat: ((1, x0_hat),)
+    for any model, and ((a, x), (b, out)) for a
+    :class:`~diffusion_core.parameterization.Denoiser`, whose conversion from its network's
+    output is affine; the step then folds a and b into its own coefficients. (The conversion
+    uses the float64 state x; the network sees x in ``dtype``.)"""
+    affine = getattr(model, "affine", None)
+    if affine is None:
+        return ((1.0, _model_output(model, x, point, dtype)),)
+    out, a, b = affine(x.to(dtype), point)
+    return ((a, x), (b, out))
+
+
+def _combine(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None, in_place=False) -> torch.Tensor:
+    """The linear combination ``u`` of x, the denoiser terms d, d_prev and d_pred (see
+    :func:`_evaluate`), the noise z and x_pred, into a float64 tensor: the coefficients of one
+    tensor are summed first, then one multiply and one fused multiply-add per tensor. With
+    ``in_place`` the result is accumulated in x_pred itself (a temporary of the loop's own that
+    nothing else holds), which saves an allocation."""
+    coefficients, tensors = [], []
+    sources = ((u.d, d), (u.x, x), (u.d_prev, d_prev), (u.noise, z), (u.x_pred, x_pred))
+    for c, parts in (*sources, (u.d_pred, d_pred)):
+        if c == 0:
+            continue
+        for k, v in ((1.0, parts),) if type(parts) is torch.Tensor else parts:
+            for j, w in enumerate(tensors):
+                if w is v:
+                    coefficients[j] += c * k
+                    break
+            else:
+                coefficients.append(c * k)
+                tensors.append(v)
+    # Start from a float64 tensor with a non-zero coefficient, so that the sum is float64.
+    first = next(
+        (
+            j
+            for j, (c, v) in enumerate(zip(coefficients, tensors, strict=True))
+            if c != 0 and v.dtype == F64
+        ),
+        None,
+    )
+    if first is None:
+        c, v = next((c, v) for c, v in zip(coefficients, tensors, strict=True) if c != 0)
+        out, first = v.to(F64).mul_(c), tensors.index(v)
+    elif in_place and tensors[first] is x_pred:
+        out = x_pred if coefficients[first] == 1 else x_pred.mul_(coefficients[first])
+    else:
+        out = coefficients[first] * tensors[first]
+    for j, (c, v) in enumerate(zip(coefficients, tensors, strict=True)):
+        if j != first and c != 0:
+            out.add_(v, alpha=c)
     return out
+
+
+def _sum(d: tuple) -> torch.Tensor:
+    """x0_hat in float64 from its terms (see :func:`_evaluate`)."""
+    return _combine(Update(d=1.0), None, d, None, None)
 
 
 def _check_grid(grid) -> None:
@@ -426,9 +468,9 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
 
     x = x.to(F64)
     for i, step in enumerate(predictor):
-        x0_hat = _denoise(model, x, points[i], dtype)
+        d = _evaluate(model, x, points[i], dtype)
         z = noise(x) if step.predict.noise != 0 else None
-        x = _combine(step.predict, x, x0_hat, None, z)
+        x = _combine(step.predict, x, d, None, z)
         a, sigma = points[i + 1].scale, points[i + 1].sigma
         for _ in range(corrector_steps if points[i + 1].std > 0 else 0):
             y = x / a
@@ -437,7 +479,7 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
             e = 2 * (snr * _rms_norm(z) / _rms_norm(g)) ** 2
             x = a * (y + e * g + (2 * e).sqrt() * z)
         if callback is not None:
-            callback(i, x, x0_hat)
+            callback(i, x, _sum(d))
     return x.to(dtype)
 
 
@@ -646,13 +688,28 @@ def _check_finite_sigma(grid: TimeGrid, sampler: str) -> None:
 
 def _denoise(model, x: torch.Tensor, point: GridPoint, dtype: torch.dtype) -> torch.Tensor:
     """x0_hat = model(x, point) in float64, with x handed over in the caller's dtype."""
+    return _model_output(model, x, point, dtype).to(F64)
+
+
+def _model_output(model, x: torch.Tensor, point: GridPoint, dtype: torch.dtype) -> torch.Tensor:
+    """model(x, point) as it comes (its dtype is promoted to float64 where it joins the state),
+    with x handed over in the caller's dtype; its shape and kind are checked."""
     x0_hat = model(x.to(dtype), point)
-    if not isinstance(x0_hat, torch.Tensor) or x0_hat.shape != x.shape:
-        got = tuple(x0_hat.shape) if isinstance(x0_hat, torch.Tensor) else type(x0_hat).__name__
-        raise ValueError(
-            f"model(x, point) must return a tensor of shape {tuple(x.shape)}, got {got}"
+    if (
+        not isinstance(x0_hat, torch.Tensor)
+        or x0_hat.shape != x.shape
+        or not x0_hat.is_floating_point()
+    ):
+        got = (
+            f"shape {tuple(x0_hat.shape)}, dtype {x0_hat.dtype}"
+            if isinstance(x0_hat, torch.Tensor)
+            else type(x0_hat).__name__
         )
-    return x0_hat.to(F64)
+        raise ValueError(
+            f"model(x, point) must return a floating-point tensor of shape {tuple(x.shape)}, "
+            f"got {got}"
+        )
+    return x0_hat
 
 
 # ------------------------------------------------------------------------------ guidance
