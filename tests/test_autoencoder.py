@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 from diffusion_core.autoencoder import (
     AutoencoderConfig,
     ConvVAE,
+    ELBOLoss,
     elbo_terms,
     kl_to_standard_normal,
     latent_scale_factor,
@@ -44,7 +45,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    return train_autoencoder(digits[0])
+    return train_autoencoder(digits[0]).net
 
 
 def tiny_config(**changes):
@@ -134,15 +135,48 @@ def test_elbo_terms_use_one_posterior_draw():
     torch.testing.assert_close(kl, kl_to_standard_normal(mean, logvar))
 
 
+def test_the_training_pass_of_the_network_is_one_posterior_draw():
+    torch.manual_seed(0)
+    model = ConvVAE()
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(6))
+    reconstruction, mean, logvar = model(x, noise)
+    expected_mean, expected_logvar = model.encode(x)
+    assert torch.equal(mean, expected_mean) and torch.equal(logvar, expected_logvar)
+    assert torch.equal(reconstruction, model.decode(mean + torch.exp(0.5 * logvar) * noise))
+    with pytest.raises(ValueError, match=r"noise must have the latent's shape \(3, 2, 4, 4\)"):
+        model(x, torch.zeros(3, 2, 8, 8))
+
+
+def test_elbo_objective_is_the_mean_of_the_two_terms():
+    torch.manual_seed(0)
+    model = ConvVAE()
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    objective = ELBOLoss(kl_weight=0.5)
+    loss = objective(model, x, None, torch.Generator().manual_seed(5))
+    reconstruction, kl = elbo_terms(model, x, torch.Generator().manual_seed(5))
+    assert torch.equal(loss, reconstruction + 0.5 * kl)
+    with pytest.raises(ValueError, match="kl_weight"):
+        ELBOLoss(kl_weight=-1.0)
+    with pytest.raises(ValueError, match="latent_channels"):
+        ELBOLoss(latent_channels=0)
+
+
+def test_training_returns_the_loss_of_every_step(digits):
+    result = train_autoencoder(digits[0][:64], tiny_config())
+    assert result.step == 5 and len(result.losses) == 5 and result.ema is None
+    assert all(math.isfinite(loss) for loss in result.losses)
+
+
 # --- training -----------------------------------------------------------------------------------
 
 
 def test_training_is_bitwise_reproducible(digits):
     data = digits[0][:64]
     state = torch.random.get_rng_state()
-    first = train_autoencoder(data, tiny_config())
-    second = train_autoencoder(data, tiny_config())
-    other = train_autoencoder(data, tiny_config(seed=1))
+    first = train_autoencoder(data, tiny_config()).net
+    second = train_autoencoder(data, tiny_config()).net
+    other = train_autoencoder(data, tiny_config(seed=1)).net
     assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is untouched
     for a, b, c in zip(
         first.state_dict().values(),
@@ -204,6 +238,7 @@ def test_scale_factor_gives_held_out_latents_unit_variance(digits, trained):
         ({"lr": "fast"}, TypeError, "lr"),
         ({"kl_weight": -1e-4}, ValueError, "kl_weight"),
         ({"weight_decay": math.nan}, ValueError, "weight_decay"),
+        ({"lr": math.inf}, ValueError, "lr"),
         ({"seed": -1}, ValueError, "seed"),
         ({"latent_channels": 0}, ValueError, "latent_channels"),
     ],

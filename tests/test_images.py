@@ -78,8 +78,37 @@ def test_classifier_training_is_deterministic_and_leaves_the_global_seed_alone(s
     first = images.train_classifier(split.train_images, split.train_labels, steps=5)
     assert torch.equal(torch.random.get_rng_state(), state)
     second = images.train_classifier(split.train_images, split.train_labels, steps=5)
-    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+    assert first.losses == second.losses and len(first.losses) == 5
+    for a, b in zip(first.net.state_dict().values(), second.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    assert not first.net.training and not any(p.requires_grad for p in first.net.parameters())
+
+
+def test_classifier_training_checks_its_labels(split):
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9"):
+        images.train_classifier(split.train_images[:4], torch.tensor([0, 1, 2, 10]), steps=1)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        images.train_classifier(split.train_images[:4], torch.tensor([0, 1, 2]), steps=1)
+    with pytest.raises(ValueError, match="ClassifierLoss needs labels"):
+        images.ClassifierLoss()(images.DigitsClassifier(), split.train_images[:4], None, None)
+
+
+def test_classifier_objective_is_the_cross_entropy(split):
+    torch.manual_seed(0)
+    classifier = images.DigitsClassifier()
+    x, y = split.train_images[:16], split.train_labels[:16]
+    loss = images.ClassifierLoss()(classifier, x, y, torch.Generator())
+    expected = -torch.log_softmax(classifier(x), dim=1)[torch.arange(16), y].mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+
+
+def test_digits_recipe_splits_the_settings_between_objective_and_config():
+    objective, config = images.digits_recipe(images.DIGITS_MODELS["conditional"]["train"])
+    assert (objective.label_dropout, objective.null_label, objective.prediction) == (0.2, 10, "eps")
+    assert objective.schedule.T == 1000
+    assert (config.steps, config.batch_size, config.lr, config.seed) == (3000, 128, 1e-3, 1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        images.digits_recipe({"colour": "red"})
 
 
 def test_cached_classifier_equals_the_trained_one(classifier, split, tmp_path_factory):

@@ -16,10 +16,18 @@ import sys
 import pytest
 import torch
 
+from diffusion_core.forward import q_sample
 from diffusion_core.images import accuracy, digits_classifier
-from diffusion_core.latent import LatentConfig, LatentDiffusion, generate, load_latent_model
+from diffusion_core.latent import (
+    LatentConfig,
+    LatentDiffusion,
+    LatentDiffusionLoss,
+    generate,
+    load_latent_model,
+)
+from diffusion_core.losses import sample_t_and_noise
 from diffusion_core.nets import CrossAttention, TextUNet
-from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer
+from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, make_prompts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "latent_digits.pt"
@@ -102,6 +110,28 @@ def test_generate_shapes_on_an_untrained_model():
     )
     assert images.shape == (2, 1, 8, 8) and latents.shape == (2, 2, 4, 4)
     assert torch.isfinite(images).all()
+
+
+def test_latent_objective_captions_noises_and_scores_the_latents():
+    """The objective's loss is the eps-loss at q_sample's z_t of its own t and eps draws, with
+    captions of the labels; prompt dropout 1 gives the empty prompt everywhere."""
+    torch.manual_seed(0)
+    model = LatentDiffusion(LatentConfig(channels=(8, 16), text_dim=16)).eval()
+    objective = LatentDiffusionLoss(model.schedule, prompt_dropout=0.0)
+    labels = torch.tensor([7, 2, 0])
+    prompts = objective.condition(labels, torch.Generator().manual_seed(1))
+    assert prompts == make_prompts(labels, torch.Generator().manual_seed(1))
+    dropped = LatentDiffusionLoss(model.schedule, 1.0).condition(labels, torch.Generator())
+    assert dropped == [NULL_PROMPT] * 3
+    z0 = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = objective(model, z0, prompts, torch.Generator().manual_seed(3))
+        t, noise = sample_t_and_noise(z0, model.schedule, torch.Generator().manual_seed(3))
+        z_t = q_sample(model.schedule, z0, t, noise)
+        expected = (model.eps(z_t, t, *model.encode_prompts(prompts)) - noise).square().mean()
+    assert torch.equal(loss, expected)
+    with pytest.raises(ValueError, match="needs labels"):
+        objective.condition(None, torch.Generator())
 
 
 def _tiny_run(out: pathlib.Path) -> dict:
