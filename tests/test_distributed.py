@@ -16,7 +16,6 @@ below what a real mistake does (a wrong shard, a gradient summed instead of aver
 batch or noise draw: relative 1e-2 or more).
 """
 
-import dataclasses
 import os
 import pathlib
 import subprocess
@@ -28,15 +27,18 @@ from torch import nn
 
 from diffusion_core import distributed
 from diffusion_core.analytic import default_mixture_2d
+from diffusion_core.autoencoder import ConvVAE, ELBOLoss
+from diffusion_core.losses import DiffusionLoss
 from diffusion_core.nets import MLPDenoiser
 from diffusion_core.schedules import linear_schedule
-from diffusion_core.train import TrainConfig, train
+from diffusion_core.train import RunConfig, TrainConfig, train
 
 WORLD = 2
 CASES = {  # name: (dtype, conditional, relative tolerance)
     "float64": (torch.float64, False, 1e-10),
     "float32": (torch.float32, False, 1e-5),
     "conditional": (torch.float64, True, 1e-10),
+    "autoencoder": (torch.float64, False, 1e-10),
 }
 
 
@@ -53,31 +55,35 @@ class ConditionalMLP(nn.Module):
 
 
 def problem(case: str):
-    """The net (seeded weights), data, labels, schedule and config of one case."""
+    """The net (seeded weights), data, labels, objective and config of one case: a denoiser
+    on the 2-D mixture, or (case "autoencoder") a small ConvVAE on random 8x8 images, whose
+    objective draws its posterior noise for the global batch and calls the net's forward."""
     dtype, conditional, _ = CASES[case]
     torch.manual_seed(0)
     net = ConditionalMLP(3) if conditional else MLPDenoiser(hidden=32, depth=2, time_dim=16)
     mixture = default_mixture_2d()
     data, labels = mixture.sample_with_labels(512, torch.Generator().manual_seed(1))
     settings = {"prediction": "v", "label_dropout": 0.25, "null_label": 3} if conditional else {}
-    config = TrainConfig(
-        steps=10,
-        batch_size=64,
-        lr=1e-2,
-        weight_decay=0.01,
-        ema_decay=0.9,
-        seed=3,
-        **settings,
-    )
-    return net.to(dtype), data.to(dtype), labels if conditional else None, config
+    objective = DiffusionLoss(linear_schedule(1000), **settings)
+    if case == "autoencoder":
+        net, objective = ConvVAE(channels=4), ELBOLoss(kl_weight=0.01)
+        data = torch.rand(128, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    config = TrainConfig(steps=10, batch_size=64, lr=1e-2, weight_decay=0.01, ema_decay=0.9, seed=3)
+    return net.to(dtype), data.to(dtype), labels if conditional else None, objective, config
 
 
 def run(case: str, device=None, **changes):
-    """Train one case in this process; ``changes`` override config fields."""
-    net, data, labels, config = problem(case)
-    config = dataclasses.replace(config, **changes)
+    """Train one case in this process; ``changes`` are RunConfig fields."""
+    net, data, labels, objective, config = problem(case)
     result = train(
-        net, data, linear_schedule(1000), config, progress=False, device=device, labels=labels
+        net,
+        data,
+        objective,
+        config,
+        labels=labels,
+        run=RunConfig(**changes),
+        progress=False,
+        device=device,
     )
     return {"net": net.state_dict(), "ema": result.ema.state_dict(), "losses": result.losses}
 
