@@ -37,11 +37,12 @@ from diffusion_core.device import (
     per_sample_noise,
     sample_seeds,
 )
+from diffusion_core.losses import DiffusionLoss
 from diffusion_core.metrics import sliced_wasserstein, sliced_wasserstein_floor
 from diffusion_core.nets import MLPDenoiser
 from diffusion_core.parameterization import as_denoiser, exact_denoiser
 from diffusion_core.schedules import linear_schedule
-from diffusion_core.train import TrainConfig, train
+from diffusion_core.train import RunConfig, TrainConfig, train
 
 pytestmark = [
     pytest.mark.cuda,
@@ -179,8 +180,10 @@ def train_run(device, **changes):
     data = default_mixture_2d().sample(4096, torch.Generator().manual_seed(1)).float()
     torch.manual_seed(0)
     net = MLPDenoiser(hidden=32, depth=2, time_dim=16)
-    config = TrainConfig(**({"steps": 200, "batch_size": 128, "lr": 3e-3} | changes))
-    result = train(net, data, linear_schedule(1000), config, progress=False, device=device)
+    steps = changes.pop("steps", 200)  # the other changes are RunConfig fields
+    config = TrainConfig(steps=steps, batch_size=128, lr=3e-3)
+    objective, run = DiffusionLoss(linear_schedule(1000)), RunConfig(**changes)
+    result = train(net, data, objective, config, run=run, progress=False, device=device)
     weights = torch.cat([p.detach().cpu().double().flatten() for p in net.parameters()])
     return result.losses, weights
 
@@ -190,16 +193,33 @@ def cpu_run():
     return train_run("cpu")
 
 
-def test_float32_training_lands_at_the_same_weights(cpu_run):
+def record_tf32_during_training(monkeypatch) -> list[bool]:
+    """The TF32 matmul flag at every step of the runs to come (read where the EMA is updated,
+    which these tests do not look at)."""
+    import diffusion_core.train as train_module
+
+    flags = []
+    monkeypatch.setattr(
+        train_module, "update_ema", lambda *_: flags.append(torch.backends.cuda.matmul.allow_tf32)
+    )
+    return flags
+
+
+def test_float32_training_lands_at_the_same_weights(cpu_run, monkeypatch):
+    flags = record_tf32_during_training(monkeypatch)
+    torch.backends.cuda.matmul.allow_tf32 = True
     losses, weights = train_run(CUDA, mixed_precision=False)  # full float32, TF32 off
-    assert not torch.backends.cuda.matmul.allow_tf32
+    assert flags == [False] * 200  # off during the run
+    assert torch.backends.cuda.matmul.allow_tf32  # and as found afterwards
     assert float((weights - cpu_run[1]).norm() / cpu_run[1].norm()) < 1e-4
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(cpu_run[0]), rtol=1e-4, atol=0)
 
 
-def test_mixed_precision_training_lands_close(cpu_run):
+def test_mixed_precision_training_lands_close(cpu_run, monkeypatch):
+    flags = record_tf32_during_training(monkeypatch)
+    torch.backends.cuda.matmul.allow_tf32 = False
     losses, _ = train_run(CUDA)  # bf16 autocast, TF32
-    assert torch.backends.cuda.matmul.allow_tf32
+    assert flags == [True] * 200 and not torch.backends.cuda.matmul.allow_tf32
     late, reference = statistics.mean(losses[-50:]), statistics.mean(cpu_run[0][-50:])
     assert abs(late - reference) < 0.05 * reference, (late, reference)
 

@@ -22,6 +22,7 @@ from diffusion_core.device import (
     sample_seeds,
     seed_everything,
     standard_normal,
+    tf32_context,
     use_tf32,
 )
 
@@ -197,6 +198,55 @@ def test_tf32_is_switched_for_cuda_devices_only(restore_tf32):
         use_tf32(0)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tf32_context_restores_the_global_flags(restore_tf32, enabled):
+    for before in [(False, True), (True, False)]:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        with tf32_context("cuda", enabled):
+            assert torch.backends.cuda.matmul.allow_tf32 is enabled
+            assert torch.backends.cudnn.allow_tf32 is enabled
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        with pytest.raises(RuntimeError, match="inside"), tf32_context("cuda", enabled):
+            raise RuntimeError("inside")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        with tf32_context("cpu", enabled):  # nothing to switch on the CPU
+            assert (
+                torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32,
+            ) == before
+    with pytest.raises(TypeError, match="enabled must be True or False"), tf32_context("cuda", 1):
+        pass
+
+
+def test_training_leaves_the_tf32_flags_as_it_found_them(restore_tf32, monkeypatch):
+    """train switches TF32 for its run (on a CUDA device; here the CPU computes and the switch is
+    made as for CUDA, the flags being plain settings) and restores the flags afterwards, also
+    when the run fails."""
+    import diffusion_core.train as train_module
+
+    seen = []
+
+    def as_for_cuda(device, enabled):
+        seen.append(enabled)
+        return tf32_context("cuda", enabled)
+
+    monkeypatch.setattr(train_module, "tf32_context", as_for_cuda)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    _tiny_run(mixed_precision=True)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    _tiny_run(mixed_precision=False)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with pytest.raises(TypeError, match="mixed_precision"):
+        _tiny_run(mixed_precision=1)  # fails before training: the flags are never touched
+    monkeypatch.setattr(train_module, "_loop", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _tiny_run(mixed_precision=True)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert seen == [True, False, True]
+
+
 def test_autocast_is_a_no_op_on_the_cpu():
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     for enabled in (True, False):
@@ -313,15 +363,17 @@ def test_bad_per_sample_noise_arguments(shape, seeds, error, message):
 
 def _tiny_run(**changes):
     from diffusion_core.analytic import default_mixture_2d
+    from diffusion_core.losses import DiffusionLoss
     from diffusion_core.nets import MLPDenoiser
     from diffusion_core.schedules import linear_schedule
-    from diffusion_core.train import TrainConfig, train
+    from diffusion_core.train import RunConfig, TrainConfig, train
 
     data = default_mixture_2d().sample(256, _gen(0)).float()
     torch.manual_seed(0)
     net = MLPDenoiser(hidden=16, depth=1, time_dim=8)
-    config = TrainConfig(**({"steps": 8, "batch_size": 32, "seed": 1} | changes))
-    result = train(net, data, linear_schedule(100), config, progress=False)
+    config = TrainConfig(steps=8, batch_size=32, seed=1)
+    objective = DiffusionLoss(linear_schedule(100))
+    result = train(net, data, objective, config, run=RunConfig(**changes), progress=False)
     return result.losses, net
 
 
@@ -353,7 +405,7 @@ def test_compile_flag_trains_through_the_compiled_net(monkeypatch):
 
 @pytest.mark.parametrize("name", ["mixed_precision", "compile"])
 def test_device_switches_of_the_config_must_be_booleans(name):
-    from diffusion_core.train import TrainConfig
+    from diffusion_core.train import RunConfig
 
     with pytest.raises(TypeError, match=f"{name} must be True or False"):
-        TrainConfig(**{name: 1})
+        RunConfig(**{name: 1})
