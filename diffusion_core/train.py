@@ -400,8 +400,9 @@ def _trajectory(config: TrainConfig, objective: Objective) -> dict:
     """The settings a resumed run must repeat, as plain data: the config (its steps only under
     the cosine schedule, which depends on them) and the objective's plain-valued fields."""
     settings = dataclasses.asdict(config)
-    if config.lr_schedule != "cosine":
-        del settings["steps"]
+    steps = settings.pop("steps")
+    if config.lr_schedule == "cosine":
+        settings["steps"] = steps
     plain = {}
     if dataclasses.is_dataclass(objective):
         plain = {item.name: getattr(objective, item.name) for item in dataclasses.fields(objective)}
@@ -428,7 +429,7 @@ def _restore(saved, state: _State, steps: int) -> None:
         raise ValueError(f"resume_from is not a checkpoint of format {CHECKPOINT_FORMAT}")
     for part, current in state.trajectory.items():
         written = saved["trajectory"][part]
-        for name in current.keys() | written.keys():
+        for name in [*current, *(name for name in written if name not in current)]:
             if written.get(name) != current.get(name):
                 raise ValueError(
                     f"resume_from was written with {name}={written.get(name)!r}, but {part} has "
