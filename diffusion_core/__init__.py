@@ -2,15 +2,16 @@
 
 Modules, in the order data flows through them:
 
-- :mod:`~diffusion_core.schedules`: noise schedules, continuous VP/VE processes, conversions,
-  timestep spacings;
+- :mod:`~diffusion_core.schedules`: the process protocol (discrete schedules, the VP and VE
+  SDEs, EDM, rectified flow) and the time grids every sampler walks, conversions, spacings;
 - :mod:`~diffusion_core.forward`: the forward process in closed form and step by step (and the
   source article's scheme, for study);
 - :mod:`~diffusion_core.analytic`: exact Gaussian and Gaussian-mixture reference models;
 - :mod:`~diffusion_core.parameterization`: eps-, x0-, v- and score-prediction, denoisers;
 - :mod:`~diffusion_core.nets`, :mod:`~diffusion_core.losses`, :mod:`~diffusion_core.train`:
   networks, training objectives and a reproducible training loop;
-- :mod:`~diffusion_core.samplers`: samplers with one shared signature over an explicit time grid;
+- :mod:`~diffusion_core.samplers`: samplers with one shared signature over an explicit time grid,
+  each one step rule applied by one loop;
 - :mod:`~diffusion_core.metrics`: distances between distributions, image-quality scores;
 - :mod:`~diffusion_core.images`: the digits data, the classifier behind the image scores, and
   the book's trained digits denoisers;
@@ -21,5 +22,7 @@ Modules, in the order data flows through them:
 - :mod:`~diffusion_core.device`: seeding and device choice;
 - :mod:`~diffusion_core.plotting`: the book's figure helpers (needs matplotlib).
 """
+
+__all__ = ["__version__"]
 
 __version__ = "0.1.0"

@@ -77,19 +77,6 @@ def _pair(name_a: str, a, name_b: str, b) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def _numbers(scale, std) -> bool:
-    """Whether both levels are Python floats (a grid point's), which take the fast path: one
-    float64 copy of x, then in-place arithmetic, the same operations in the same order."""
-    return type(scale) is float and type(std) is float
-
-
-def _copy(name_a: str, a, name_b: str, b) -> torch.Tensor:
-    """A float64 copy of ``a`` after the checks of :func:`_pair` (``b`` is left as it is: the
-    in-place arithmetic on the copy promotes it to float64)."""
-    _copy_check(name_a, a, name_b, b)
-    return a.to(torch.float64, copy=True)
-
-
 def _copy_check(name_a: str, a, name_b: str, b) -> None:
     """The checks of :func:`_pair`, without converting either tensor."""
     for name, value in ((name_a, a), (name_b, b)):
@@ -122,16 +109,12 @@ def x0_from_eps(x, eps, scale, std) -> torch.Tensor:
     Divides by ``scale``: inf or NaN at scale = 0 (zero terminal SNR), where eps carries no
     information about x0.
     """
-    if _numbers(scale, std):
-        return _copy("x", x, "eps", eps).sub_(eps, alpha=std).div_(scale)
     x, eps = _pair("x", x, "eps", eps)
     return (x - _level("std", std, x) * eps) / _level("scale", scale, x)
 
 
 def eps_from_x0(x, x0, scale, std) -> torch.Tensor:
     """eps = (x - scale * x0) / std. Divides by ``std``: inf or NaN at std = 0 (clean data)."""
-    if _numbers(scale, std):
-        return _copy("x", x, "x0", x0).sub_(x0, alpha=scale).div_(std)
     x, x0 = _pair("x", x, "x0", x0)
     return (x - _level("scale", scale, x) * x0) / _level("std", std, x)
 
@@ -148,8 +131,6 @@ def x0_from_v(x, v, scale, std) -> torch.Tensor:
 
     Finite whenever scale and std are not both zero: v-prediction works at zero terminal SNR.
     """
-    if _numbers(scale, std):
-        return _copy("x", x, "v", v).mul_(scale).sub_(v, alpha=std).div_(scale**2 + std**2)
     x, v = _pair("x", x, "v", v)
     scale, std = _level("scale", scale, x), _level("std", std, x)
     return (scale * x - std * v) / (scale**2 + std**2)

@@ -27,6 +27,7 @@ from diffusion_core.parameterization import (
 from diffusion_core.schedules import (
     VESDE,
     VPSDE,
+    GridPoint,
     linear_schedule,
     rescale_zero_terminal_snr,
     scaled_linear_schedule,
@@ -160,6 +161,12 @@ def nets_from_mixture(mixture, process):
     return {"x0": x0_net, "eps": eps_net, "v": v_net}
 
 
+def point_at(process, t):
+    """The grid point a sampler hands its denoiser at time t of a process."""
+    scale, std = process.marginal(t)
+    return GridPoint(t, float(scale), float(std))
+
+
 @pytest.mark.parametrize(
     "process, times",
     [
@@ -172,22 +179,35 @@ def nets_from_mixture(mixture, process):
 def test_as_denoiser_recovers_the_exact_denoiser(process, times, prediction):
     mixture = default_mixture_2d()
     net = nets_from_mixture(mixture, process)[prediction]
-    model = as_denoiser(net, process, prediction)
-    exact = exact_denoiser(mixture, process)
+    model = as_denoiser(net, prediction)
+    exact = exact_denoiser(mixture)
     x = 3 * torch.randn(64, 2, generator=gen(0), dtype=torch.float64)
     for t in times:
         expected = mixture.x0_pred(x, *process.marginal(t))
-        torch.testing.assert_close(exact(x, t), expected, rtol=0, atol=0)
-        torch.testing.assert_close(model(x, t), expected, rtol=1e-9, atol=1e-9)
+        point = point_at(process, t)
+        torch.testing.assert_close(exact(x, point), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model(x, point), expected, rtol=1e-9, atol=1e-9)
+        # The affine form the samplers fold into their steps gives the same x0_hat.
+        out, a, b = model.affine(x, point)
+        torch.testing.assert_close(a * x + b * out.double(), expected, rtol=1e-9, atol=1e-9)
 
 
-def test_as_denoiser_accepts_one_time_per_sample():
+def test_as_denoiser_passes_conditioning_to_the_network():
     schedule, mixture = linear_schedule(100), default_mixture_2d()
-    model = as_denoiser(nets_from_mixture(mixture, schedule)["v"], schedule, "v")
+    seen = []
+
+    def conditional_net(x, t, labels, extra):
+        seen.append((t, labels, extra))
+        return nets_from_mixture(mixture, schedule)["v"](x, t)
+
     x = torch.randn(3, 2, generator=gen(1), dtype=torch.float64)
-    t = torch.tensor([5, 50, 95])
-    expected = mixture.x0_pred(x, *schedule.marginal(t))
-    torch.testing.assert_close(model(x, t), expected, rtol=1e-9, atol=1e-9)
+    point = point_at(schedule, torch.tensor(40))
+    labels = torch.tensor([0, 1, 2])
+    out = as_denoiser(conditional_net, "v")(x, point, labels, "context")
+    torch.testing.assert_close(
+        out, mixture.x0_pred(x, point.scale, point.std), rtol=1e-9, atol=1e-9
+    )
+    assert seen[0][0] is point.t and seen[0][1] is labels and seen[0][2] == "context"
 
 
 def test_eps_prediction_raises_at_zero_snr_while_v_prediction_works():
@@ -195,28 +215,27 @@ def test_eps_prediction_raises_at_zero_snr_while_v_prediction_works():
     mixture = default_mixture_2d()
     nets = nets_from_mixture(mixture, schedule)
     x = torch.randn(8, 2, generator=gen(2), dtype=torch.float64)
-    eps_model = as_denoiser(nets["eps"], schedule, "eps")
-    with pytest.raises(ValueError, match="zero SNR"):
-        eps_model(x, torch.tensor(100))
-    assert bool(torch.isfinite(eps_model(x, torch.tensor(99))).all())
-    v_model = as_denoiser(nets["v"], schedule, "v")
+    eps_model = as_denoiser(nets["eps"], "eps")
+    for call in (eps_model, eps_model.affine):
+        with pytest.raises(ValueError, match="zero SNR"):
+            call(x, point_at(schedule, torch.tensor(100)))
+    assert bool(torch.isfinite(eps_model(x, point_at(schedule, torch.tensor(99)))).all())
+    v_model = as_denoiser(nets["v"], "v")
     # At zero SNR x carries nothing of x0: the best guess is the data mean.
     expected = mixture.mean.expand(8, 2)
-    torch.testing.assert_close(v_model(x, torch.tensor(100)), expected, rtol=0, atol=1e-12)
+    at_T = point_at(schedule, torch.tensor(100))
+    torch.testing.assert_close(v_model(x, at_T), expected, rtol=0, atol=1e-12)
 
 
 def test_denoiser_adapters_reject_bad_arguments():
-    schedule, mixture = linear_schedule(10), default_mixture_2d()
+    schedule = linear_schedule(10)
     with pytest.raises(TypeError, match="net must be callable"):
-        as_denoiser(None, schedule, "eps")
-    with pytest.raises(TypeError, match="process must have a marginal"):
-        as_denoiser(lambda x, t: x, object(), "eps")
+        as_denoiser(None, "eps")
     with pytest.raises(ValueError, match="prediction must be one of"):
-        as_denoiser(lambda x, t: x, schedule, "score")
+        as_denoiser(lambda x, t: x, "score")
     with pytest.raises(TypeError, match="mixture must be a GaussianMixture"):
-        exact_denoiser("mixture", schedule)
-    with pytest.raises(TypeError, match="process must have a marginal"):
-        exact_denoiser(mixture, 3)
-    model = as_denoiser(lambda x, t: x[:, :1], schedule, "x0")
-    with pytest.raises(ValueError, match=r"net\(x, t\) must have the shape of x"):
-        model(torch.zeros(2, 2, dtype=torch.float64), torch.tensor(3))
+        exact_denoiser("mixture")
+    model = as_denoiser(lambda x, t: x[:, :1], "x0")
+    for call in (model, model.affine):
+        with pytest.raises(ValueError, match=r"net\(x, t\) must have the shape of x"):
+            call(torch.zeros(2, 2, dtype=torch.float64), point_at(schedule, torch.tensor(3)))
