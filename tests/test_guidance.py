@@ -1,15 +1,17 @@
 """Tests for classifier-free guidance (:mod:`diffusion_core.samplers`) and for class-conditional
 training with label dropout (:mod:`diffusion_core.losses`, :mod:`diffusion_core.train`)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from diffusion_core import samplers
 from diffusion_core.analytic import GaussianMixture, default_mixture_2d
-from diffusion_core.losses import diffusion_loss, per_sample_loss
-from diffusion_core.parameterization import as_denoiser, eps_from_x0
-from diffusion_core.schedules import linear_schedule
+from diffusion_core.losses import DiffusionLoss, diffusion_loss, per_sample_loss
+from diffusion_core.parameterization import as_denoiser, eps_from_x0, x0_from_eps
+from diffusion_core.schedules import GridPoint, linear_schedule
 from diffusion_core.train import TrainConfig, train
 
 SCHEDULE = linear_schedule(1000)
@@ -21,13 +23,19 @@ def points(n=64, seed=0):
     return 3 * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def pt(t):
+    """The grid point of SCHEDULE at step t, as a sampler passes it to the denoiser."""
+    scale, std = SCHEDULE.marginal(t)
+    return GridPoint(torch.tensor(t), float(scale), float(std))
+
+
 def component(k):
     return GaussianMixture(torch.ones(1), MIXTURE.means[k : k + 1], MIXTURE.covs[k : k + 1])
 
 
 @pytest.fixture(scope="module")
 def exact():
-    return samplers.exact_conditional_denoiser(MIXTURE, SCHEDULE)
+    return samplers.exact_conditional_denoiser(MIXTURE)
 
 
 # --- the exact conditional denoiser ----------------------------------------------------------
@@ -38,21 +46,21 @@ def test_exact_conditional_denoiser_is_the_component_denoiser(exact, t):
     x, (scale, std) = points(), SCHEDULE.marginal(t)
     for k in range(NULL):
         torch.testing.assert_close(
-            exact(x, torch.tensor(t), torch.full((64,), k)), component(k).x0_pred(x, scale, std)
+            exact(x, pt(t), torch.full((64,), k)), component(k).x0_pred(x, scale, std)
         )
     torch.testing.assert_close(
-        exact(x, torch.tensor(t), torch.full((64,), NULL)), MIXTURE.x0_pred(x, scale, std)
+        exact(x, pt(t), torch.full((64,), NULL)), MIXTURE.x0_pred(x, scale, std)
     )
     mixed = torch.arange(64) % (NULL + 1)  # one label per sample
-    out = exact(x, torch.tensor(t), mixed)
-    torch.testing.assert_close(out[5:6], exact(x[5:6], torch.tensor(t), mixed[5:6]))
+    out = exact(x, pt(t), mixed)
+    torch.testing.assert_close(out[5:6], exact(x[5:6], pt(t), mixed[5:6]))
 
 
 # --- the guidance wrapper --------------------------------------------------------------------
 
 
 def test_weight_zero_is_unconditional_and_weight_one_is_conditional_exactly(exact):
-    x, t = points(), torch.tensor(400)
+    x, t = points(), pt(400)
     unconditional = exact(x, t, torch.full((64,), NULL))
     conditional = exact(x, t, torch.full((64,), 1))
     guided = samplers.classifier_free_guidance(exact, 0.0, 1, NULL)
@@ -61,7 +69,7 @@ def test_weight_zero_is_unconditional_and_weight_one_is_conditional_exactly(exac
 
 
 def test_guidance_is_affine_in_the_weight(exact):
-    x, t = points(), torch.tensor(250)
+    x, t = points(), pt(250)
     uncond = exact(x, t, torch.full((64,), NULL))
     cond = exact(x, t, torch.full((64,), 2))
     for w in (-0.5, 0.3, 2.0, 7.5):
@@ -78,7 +86,7 @@ def test_guided_denoiser_on_the_mixture_matches_the_closed_form(exact, t, w):
     k = 0
     score = (1 - w) * MIXTURE.score(x, scale, std) + w * component(k).score(x, scale, std)
     closed_form = (x + std**2 * score) / scale
-    guided = samplers.classifier_free_guidance(exact, w, k, NULL)(x, torch.tensor(t))
+    guided = samplers.classifier_free_guidance(exact, w, k, NULL)(x, pt(t))
     torch.testing.assert_close(guided, closed_form, rtol=1e-9, atol=1e-9)
     # the same as the score plus w times the gradient of the log-responsibility log p_t(k | x)
     x_grad = x.clone().requires_grad_(True)
@@ -90,14 +98,18 @@ def test_guided_denoiser_on_the_mixture_matches_the_closed_form(exact, t, w):
 
 def test_guiding_eps_is_guiding_x0(exact):
     # eps and x0 are affine in one another at fixed (x, t), and the guidance weights sum to one.
-    def eps_model(x, t, labels):
-        scale, std = SCHEDULE.marginal(t)
-        return eps_from_x0(x, exact(x, t, labels), scale, std)
+    def eps_model(x, point, labels):
+        return eps_from_x0(x, exact(x, point, labels), point.scale, point.std)
 
-    x, t, w = points(), torch.tensor(600), 4.0
-    via_eps = as_denoiser(samplers.classifier_free_guidance(eps_model, w, 1, NULL), SCHEDULE, "eps")
-    via_x0 = samplers.classifier_free_guidance(exact, w, 1, NULL)
-    torch.testing.assert_close(via_eps(x, t), via_x0(x, t), rtol=1e-9, atol=1e-9)
+    x, point, w = points(), pt(600), 4.0
+    guided_eps = samplers.classifier_free_guidance(eps_model, w, 1, NULL)(x, point)
+    via_eps = x0_from_eps(x, guided_eps, point.scale, point.std)
+    via_x0 = samplers.classifier_free_guidance(exact, w, 1, NULL)(x, point)
+    torch.testing.assert_close(via_eps, via_x0, rtol=1e-9, atol=1e-9)
+    # and a guided eps-network converted by as_denoiser before guidance gives the same
+    as_net = as_denoiser(lambda x, t, labels: eps_model(x, point, labels), "eps")
+    guided = samplers.classifier_free_guidance(as_net, w, 1, NULL)(x, point)
+    torch.testing.assert_close(guided, via_x0, rtol=1e-9, atol=1e-9)
 
 
 def test_one_batched_call_per_evaluation_and_per_sample_labels():
@@ -109,19 +121,18 @@ def test_one_batched_call_per_evaluation_and_per_sample_labels():
 
     x = torch.ones(3, 2)
     guided = samplers.classifier_free_guidance(model, 2.0, torch.tensor([0, 1, 2]), 9)
-    out = guided(x, torch.tensor(5))
+    point = pt(5)
+    out = guided(x, point)
     assert len(calls) == 1 and calls[0][0] == 6
     assert calls[0][1].tolist() == [0, 1, 2, 9, 9, 9]
     # (1 - w) * 10 + w * (label + 1)
     torch.testing.assert_close(out[:, 0], torch.tensor([-8.0, -6.0, -4.0]))
-    # one time per sample is duplicated for the doubled batch
-    guided(x, torch.tensor([1, 2, 3]))
-    assert calls[-1][2].tolist() == [1, 2, 3, 1, 2, 3]
+    assert calls[0][2] is point  # the grid point passes through, unchanged
 
 
 @pytest.mark.parametrize("name", sorted(samplers.SAMPLERS))
 def test_guided_model_works_with_every_sampler(exact, name):
-    grid = samplers.schedule_grid(SCHEDULE, 20)
+    grid = SCHEDULE.grid(20)
     generator = torch.Generator().manual_seed(0)
     x = samplers.prior_sample(grid, (200, 2), generator)
     guided = samplers.classifier_free_guidance(exact, 3.0, 2, NULL)
@@ -140,11 +151,23 @@ def test_guidance_rejects_bad_arguments(exact):
     with pytest.raises(ValueError, match="null_label"):
         samplers.classifier_free_guidance(exact, 2.0, 0, -1)
     with pytest.raises(TypeError, match="label"):
-        samplers.classifier_free_guidance(exact, 2.0, 0.5, NULL)(points(), torch.tensor(3))
+        samplers.classifier_free_guidance(exact, 2.0, 0.5, NULL)
     with pytest.raises(ValueError, match="label must be one int"):
-        samplers.classifier_free_guidance(exact, 2.0, torch.tensor([0, 1]), NULL)(
-            points(), torch.tensor(3)
-        )
+        samplers.classifier_free_guidance(exact, 2.0, torch.tensor([0, 1]), NULL)(points(), pt(3))
+    for weight in (math.inf, -math.inf, math.nan):  # refused, not passed on as inf or NaN
+        with pytest.raises(ValueError, match="weight must be a finite number"):
+            samplers.classifier_free_guidance(exact, weight, 0, NULL)
+    with pytest.raises(ValueError, match="label must be one or more integers >= 0"):
+        samplers.classifier_free_guidance(exact, 2.0, -1, NULL)
+
+
+def test_exact_conditional_denoiser_refuses_labels_outside_its_classes(exact):
+    x = points(4)
+    for bad in (-1, NULL + 1):  # -1 would otherwise index the null (unconditional) row
+        with pytest.raises(ValueError, match=rf"labels must lie in 0\.\.{NULL}"):
+            exact(x, pt(10), torch.full((4,), bad))
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        exact(x, pt(10), torch.zeros(3, dtype=torch.int64))
 
 
 # --- class-conditional training --------------------------------------------------------------
@@ -172,7 +195,7 @@ def test_losses_pass_labels_to_the_network():
     assert net.seen[-1] is None
     with pytest.raises(ValueError, match=r"labels must have shape \(8,\)"):
         diffusion_loss(net, x0, SCHEDULE, torch.Generator(), labels=torch.arange(3))
-    with pytest.raises(TypeError, match="labels must be an integer"):
+    with pytest.raises(TypeError, match="labels must hold integers"):
         diffusion_loss(net, x0, SCHEDULE, torch.Generator(), labels=torch.ones(8))
 
 
@@ -190,8 +213,9 @@ def test_label_dropout_replaces_the_stated_fraction_with_the_null_label():
     net = LabelSpy()
     data = torch.randn(50, 2)
     labels = torch.arange(50) % 5
-    config = TrainConfig(steps=20, batch_size=100, label_dropout=0.25, null_label=5, seed=4)
-    train(net, data, SCHEDULE, config, progress=False, labels=labels)
+    objective = DiffusionLoss(SCHEDULE, label_dropout=0.25, null_label=5)
+    config = TrainConfig(steps=20, batch_size=100, seed=4)
+    train(net, data, objective, config, progress=False, labels=labels)
     seen = torch.cat(net.seen)
     dropped = (seen == 5).double().mean()
     # 2000 Bernoulli(0.25) draws: standard error 0.0097
@@ -203,9 +227,10 @@ def test_conditional_training_is_reproducible_and_without_dropout_keeps_labels()
     def run(dropout):
         torch.manual_seed(0)
         net = LabelSpy()
-        config = TrainConfig(steps=5, batch_size=16, label_dropout=dropout, null_label=5, seed=2)
+        objective = DiffusionLoss(SCHEDULE, label_dropout=dropout, null_label=5)
+        config = TrainConfig(steps=5, batch_size=16, seed=2)
         result = train(
-            net, torch.randn(40, 2), SCHEDULE, config, False, labels=torch.arange(40) % 5
+            net, torch.randn(40, 2), objective, config, progress=False, labels=torch.arange(40) % 5
         )
         return result.losses, torch.cat(net.seen)
 
@@ -217,11 +242,11 @@ def test_conditional_training_is_reproducible_and_without_dropout_keeps_labels()
 
 def test_train_config_and_labels_are_checked():
     with pytest.raises(ValueError, match="null_label"):
-        TrainConfig(label_dropout=0.1)
+        DiffusionLoss(SCHEDULE, label_dropout=0.1)
     with pytest.raises(ValueError, match="label_dropout"):
-        TrainConfig(label_dropout=1.0, null_label=3)
-    net, data = LabelSpy(), torch.randn(10, 2)
+        DiffusionLoss(SCHEDULE, label_dropout=1.0, null_label=3)
+    net, data, objective = LabelSpy(), torch.randn(10, 2), DiffusionLoss(SCHEDULE)
     with pytest.raises(ValueError, match=r"labels must have shape \(10,\)"):
-        train(net, data, SCHEDULE, TrainConfig(steps=1), False, labels=torch.arange(3))
+        train(net, data, objective, TrainConfig(steps=1), progress=False, labels=torch.arange(3))
     with pytest.raises(TypeError, match="labels"):
-        train(net, data, SCHEDULE, TrainConfig(steps=1), False, labels=torch.ones(10))
+        train(net, data, objective, TrainConfig(steps=1), progress=False, labels=torch.ones(10))
