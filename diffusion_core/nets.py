@@ -142,22 +142,31 @@ class MLPDenoiser(nn.Module):
         return self.output(F.silu(h)).to(x.dtype)
 
     def _check_inputs(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            kind = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"x must be a floating-point torch.Tensor, got {kind}")
+        _check_floating("x", x)
         if x.ndim != 2 or x.shape[1] != self.data_dim:
             raise ValueError(f"x must have shape (n, {self.data_dim}), got {tuple(x.shape)}")
-        if not isinstance(t, torch.Tensor) or t.is_complex() or t.dtype == torch.bool:
-            kind = f"dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
-            raise TypeError(f"t must be an integer or floating-point torch.Tensor, got {kind}")
-        if t.numel() == 1:
-            t = t.reshape(1).expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(
-                f"t must have shape ({x.shape[0]},) (one time per sample) or hold a single "
-                f"value, got {tuple(t.shape)}"
-            )
-        return x, t.to(x.device)  # the sampler's time grid may live on the CPU
+        return x, _per_sample("t", t, x.shape[0]).to(x.device)  # the time grid may be on the CPU
+
+
+def _check_floating(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        kind = f"dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {kind}")
+
+
+def _per_sample(name: str, value, n: int) -> torch.Tensor:
+    """A tensor of shape (n,), from one holding n values or a single value."""
+    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool:
+        kind = f"dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be an integer or floating-point torch.Tensor, got {kind}")
+    if value.numel() == 1:
+        return value.reshape(1).expand(n)
+    if value.shape != (n,):
+        raise ValueError(
+            f"{name} must have shape ({n},) (one per sample) or hold a single value, "
+            f"got {tuple(value.shape)}"
+        )
+    return value
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -279,9 +288,8 @@ class UNet(nn.Module):
         if num_classes is not None:
             check_positive_int("num_classes", num_classes)
         self.num_classes = num_classes
-        width = self.channels[0]
-        code_dim = 4 * width
-
+        width, code_dim = self.channels[0], 4 * self.channels[0]
+        # Built in this order, so that the global seed draws the weights in this order.
         self.embedding = SinusoidalEmbedding(width)
         self.time_mlp = nn.Sequential(
             nn.Linear(width, code_dim), nn.SiLU(), nn.Linear(code_dim, code_dim)
@@ -290,19 +298,31 @@ class UNet(nn.Module):
             None if num_classes is None else nn.Embedding(num_classes + 1, code_dim)
         )
         self.input = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.down, kept = self._build_down(code_dim, groups)
+        self.middle = self._build_middle(code_dim, groups, attention)
+        self.up = self._build_up(code_dim, groups, kept)
+        self.output_norm = nn.GroupNorm(math.gcd(groups, width), width)
+        self.output = nn.Conv2d(width, in_channels, 3, padding=1)
 
-        kept = [width]  # channels of the outputs kept for the skip connections
-        self.down = nn.ModuleList()
+    def _build_down(self, code_dim: int, groups: int) -> tuple[nn.ModuleList, list[int]]:
+        """The encoder's layers, and the channels of every output kept for a skip connection
+        (the input convolution's first)."""
+        width = self.channels[0]
+        kept, down = [width], nn.ModuleList()
         for level, out_width in enumerate(self.channels):
-            for _ in range(blocks):
-                self.down.append(_TimeResidualBlock(width, out_width, code_dim, groups))
+            for _ in range(self.blocks):
+                down.append(_TimeResidualBlock(width, out_width, code_dim, groups))
                 width = out_width
                 kept.append(width)
             if level < len(self.channels) - 1:
-                self.down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
                 kept.append(width)
+        return down, kept
 
-        self.middle = nn.ModuleList(
+    def _build_middle(self, code_dim: int, groups: int, attention: bool) -> nn.ModuleList:
+        """Residual block, self-attention (or the identity), residual block."""
+        width = self.channels[-1]
+        return nn.ModuleList(
             [
                 _TimeResidualBlock(width, width, code_dim, groups),
                 _SelfAttention(width, groups) if attention else nn.Identity(),
@@ -310,56 +330,79 @@ class UNet(nn.Module):
             ]
         )
 
-        self.up = nn.ModuleList()
+    def _build_up(self, code_dim: int, groups: int, kept: list[int]) -> nn.ModuleList:
+        """The decoder's layers; each residual block reads one kept output, the latest first."""
+        width, up = self.channels[-1], nn.ModuleList()
         for level in reversed(range(len(self.channels))):
             out_width = self.channels[level]
-            for _ in range(blocks + 1):
-                self.up.append(_TimeResidualBlock(width + kept.pop(), out_width, code_dim, groups))
+            for _ in range(self.blocks + 1):
+                up.append(_TimeResidualBlock(width + kept.pop(), out_width, code_dim, groups))
                 width = out_width
             if level > 0:
-                self.up.append(
-                    nn.Sequential(
-                        nn.Upsample(scale_factor=2, mode="nearest"),
-                        nn.Conv2d(width, width, 3, padding=1),
-                    )
-                )
-
-        self.output_norm = nn.GroupNorm(math.gcd(groups, width), width)
-        self.output = nn.Conv2d(width, in_channels, 3, padding=1)
+                upsample = nn.Upsample(scale_factor=2, mode="nearest")
+                up.append(nn.Sequential(upsample, nn.Conv2d(width, width, 3, padding=1)))
+        return up
 
     @property
     def null_label(self) -> int | None:
         """The label that means "no condition" (``num_classes``), or None if unconditional."""
         return self.num_classes
 
+    def residual_block_names(self) -> tuple[str, ...]:
+        """The module names of the residual blocks ("down.0", ..., "middle.2", ..., "up.k"), in
+        the order the forward pass runs them: the names :meth:`walk` passes to its hook."""
+        return tuple(
+            f"{part}.{i}"
+            for part in ("down", "middle", "up")
+            for i, layer in enumerate(getattr(self, part))
+            if isinstance(layer, _TimeResidualBlock)
+        )
+
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         x, t, labels = self._check_inputs(x, t, labels)
-        dtype = self.input.weight.dtype
-        code = self.time_mlp(self.embedding(t.to(torch.float64)).to(dtype))
+        code = self._time_code(t)
         if self.class_embedding is not None:
             code = code + self.class_embedding(labels)
+        return self.walk(x, code)
 
-        h = self.input(x.to(dtype))
+    def _time_code(self, t: torch.Tensor) -> torch.Tensor:
+        """MLP(emb(t)), in the parameters' dtype (the embedding is computed in float64)."""
+        return self.time_mlp(self.embedding(t.to(torch.float64)).to(self.input.weight.dtype))
+
+    def walk(self, x: torch.Tensor, code: torch.Tensor, after_block=None) -> torch.Tensor:
+        """The network from the input convolution to the output one, given the code (n, 4 c_0).
+
+        ``after_block(name, h)``, if given, maps the output h of every residual block to the
+        tensor the next layer reads, ``name`` being the block's module name (one of
+        :meth:`residual_block_names`): the one place where a subclass adds per-block
+        conditioning, as :class:`TextUNet` adds cross-attention, without its own copy of the
+        skip connections. Without it the walk is the plain :class:`UNet`.
+        """
+        h = self.input(x.to(self.input.weight.dtype))
         kept = [h]
-        for layer in self.down:
-            h = layer(h, code) if isinstance(layer, _TimeResidualBlock) else layer(h)
+        for i, layer in enumerate(self.down):
+            h = self._run(f"down.{i}", layer, h, code, after_block)
             kept.append(h)
-        h = self.middle[0](h, code)
-        h = self.middle[1](h)
-        h = self.middle[2](h, code)
-        for layer in self.up:
+        for i, layer in enumerate(self.middle):
+            h = self._run(f"middle.{i}", layer, h, code, after_block)
+        for i, layer in enumerate(self.up):
             if isinstance(layer, _TimeResidualBlock):
-                h = layer(torch.cat([h, kept.pop()], dim=1), code)
-            else:
-                h = layer(h)
+                h = torch.cat([h, kept.pop()], dim=1)
+            h = self._run(f"up.{i}", layer, h, code, after_block)
         return self.output(F.silu(self.output_norm(h))).to(x.dtype)
 
+    @staticmethod
+    def _run(name: str, layer: nn.Module, h, code, after_block) -> torch.Tensor:
+        """One layer of the walk: residual blocks get the code and then the hook."""
+        if not isinstance(layer, _TimeResidualBlock):
+            return layer(h)
+        h = layer(h, code)
+        return h if after_block is None else after_block(name, h)
+
     def _check_inputs(self, x, t, labels):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            kind = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"x must be a floating-point torch.Tensor, got {kind}")
+        _check_floating("x", x)
         factor = 2 ** (len(self.channels) - 1)
         if (
             x.ndim != 4
@@ -371,12 +414,15 @@ class UNet(nn.Module):
                 f"x must have shape (n, {self.in_channels}, H, W) with H and W divisible by "
                 f"{factor}, got {tuple(x.shape)}"
             )
-        n = x.shape[0]
-        t = _per_sample("t", t, n).to(x.device)  # the sampler's time grid may live on the CPU
+        t = _per_sample("t", t, x.shape[0]).to(x.device)  # the time grid may be on the CPU
+        return x, t, self._check_labels(labels, x)
+
+    def _check_labels(self, labels, x: torch.Tensor) -> torch.Tensor | None:
+        """Labels of shape (n,), int64, on x's device; the null class if None."""
         if self.num_classes is None:
             if labels is not None:
                 raise ValueError("this UNet is unconditional (num_classes=None): pass no labels")
-            return x, t, None
+            return None
         if labels is None:
             labels = torch.tensor(self.num_classes, device=x.device)
         if (
@@ -390,27 +436,12 @@ class UNet(nn.Module):
                 else type(labels).__name__
             )
             raise TypeError(f"labels must be an integer torch.Tensor, got {kind}")
-        labels = _per_sample("labels", labels, n).to(device=x.device, dtype=torch.int64)
+        labels = _per_sample("labels", labels, x.shape[0]).to(device=x.device, dtype=torch.int64)
         if bool(((labels < 0) | (labels > self.num_classes)).any()):
             raise ValueError(
                 f"labels must lie in 0..{self.num_classes} ({self.num_classes} is the null class)"
             )
-        return x, t, labels
-
-
-def _per_sample(name: str, value, n: int) -> torch.Tensor:
-    """A tensor of shape (n,), from one holding n values or a single value."""
-    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool:
-        kind = f"dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
-        raise TypeError(f"{name} must be an integer or floating-point torch.Tensor, got {kind}")
-    if value.numel() == 1:
-        return value.reshape(1).expand(n)
-    if value.shape != (n,):
-        raise ValueError(
-            f"{name} must have shape ({n},) (one per sample) or hold a single value, "
-            f"got {tuple(value.shape)}"
-        )
-    return value
+        return labels
 
 
 def count_flops(module: nn.Module, *inputs) -> int:
@@ -484,6 +515,13 @@ class TextUNet(UNet):
     token embeddings, as in the denoiser of Stable Diffusion (Rombach et al. 2022, App. E.2),
     whose transformer blocks sit beside the residual blocks at every level. No class labels.
 
+    The layer that follows the block named ``name`` (see :meth:`UNet.residual_block_names`) is
+    :meth:`cross_attention` ``(name)``, found by that name, so the pairing does not rest on the
+    order in which modules were registered; ``cross.k`` is the layer of the k-th block of the
+    forward pass. The rest of the forward pass is :meth:`UNet.walk`, so with every
+    cross-attention layer's output projection zero the network is exactly the :class:`UNet`
+    with the same weights.
+
     ``forward(x, t, context, mask)``: ``x`` and ``t`` as for :class:`UNet`, ``context`` the
     (n, L, context_dim) output of :class:`diffusion_core.text.TextEncoder` and ``mask`` its
     (n, L) bool mask (True at real tokens).
@@ -495,37 +533,29 @@ class TextUNet(UNet):
         super().__init__(**unet_options)
         self.context_dim = check_positive_int("context_dim", context_dim)
         groups = unet_options.get("groups", 8)
-        blocks = [layer for layer in self.modules() if isinstance(layer, _TimeResidualBlock)]
+        names = self.residual_block_names()
+        self._cross_index = {name: k for k, name in enumerate(names)}
         self.cross = nn.ModuleList(
-            CrossAttention(block.conv2.out_channels, context_dim, heads, groups) for block in blocks
+            CrossAttention(self.get_submodule(name).conv2.out_channels, context_dim, heads, groups)
+            for name in names
         )
+
+    def cross_attention(self, name: str) -> CrossAttention:
+        """The cross-attention layer applied to the output of the residual block ``name``."""
+        if name not in self._cross_index:
+            raise KeyError(f"no residual block named {name!r}; see residual_block_names()")
+        return self.cross[self._cross_index[name]]
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         x, t, _ = self._check_inputs(x, t, None)
         self._check_context(context, mask, x.shape[0])
-        dtype = self.input.weight.dtype
-        code = self.time_mlp(self.embedding(t.to(torch.float64)).to(dtype))
-        cross = iter(self.cross)
 
-        def block(layer, h):
-            return next(cross)(layer(h, code), context, mask)
+        def attend(name: str, h: torch.Tensor) -> torch.Tensor:
+            return self.cross_attention(name)(h, context, mask)
 
-        h = self.input(x.to(dtype))
-        kept = [h]
-        for layer in self.down:
-            h = block(layer, h) if isinstance(layer, _TimeResidualBlock) else layer(h)
-            kept.append(h)
-        h = block(self.middle[0], h)
-        h = self.middle[1](h)
-        h = block(self.middle[2], h)
-        for layer in self.up:
-            if isinstance(layer, _TimeResidualBlock):
-                h = block(layer, torch.cat([h, kept.pop()], dim=1))
-            else:
-                h = layer(h)
-        return self.output(F.silu(self.output_norm(h))).to(x.dtype)
+        return self.walk(x, self._time_code(t), attend)
 
     def _check_context(self, context, mask, n: int) -> None:
         if not isinstance(context, torch.Tensor) or not context.is_floating_point():
