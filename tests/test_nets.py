@@ -7,6 +7,8 @@ import torch
 
 from diffusion_core.nets import MLPDenoiser, SinusoidalEmbedding, count_parameters
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 
 def tiny_net(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)

@@ -1,10 +1,13 @@
-"""Tests for the U-Net of :mod:`diffusion_core.nets` and its FLOP counter."""
+"""Tests for the U-Net of :mod:`diffusion_core.nets`, the layer walk it shares with the text
+U-Net, and its FLOP counter."""
 
 import pytest
 import torch
 from torch import nn
 
-from diffusion_core.nets import UNet, count_flops, count_parameters, describe
+from diffusion_core.nets import TextUNet, UNet, count_flops, count_parameters, describe
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_unet(seed=0, **changes):
@@ -147,6 +150,95 @@ def test_forward_rejects_bad_inputs():
 def test_constructor_rejects_bad_arguments(kwargs, error):
     with pytest.raises(error):
         UNet(**kwargs)
+
+
+# --- the shared walk and the text U-Net --------------------------------------------------------
+
+
+def tiny_text_unet(seed=0):
+    torch.manual_seed(seed)
+    return TextUNet(6, heads=2, channels=(8, 16), blocks=2, groups=4)
+
+
+def text_inputs(n=3, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randn(n, 5, 6, generator=generator)
+    mask = torch.arange(5) < torch.tensor([5, 3, 1])[:n, None]  # real tokens first
+    return images(n), torch.tensor([3, 300, 900])[:n], context, mask
+
+
+def block_outputs(net, *inputs):
+    """The output of every residual block of one forward pass, by name, in the order run."""
+    outputs = {}
+    handles = [
+        net.get_submodule(name).register_forward_hook(
+            lambda _module, _args, out, name=name: outputs.update({name: out})
+        )
+        for name in net.residual_block_names()
+    ]
+    with torch.no_grad():
+        final = net(*inputs)
+    for handle in handles:
+        handle.remove()
+    return outputs, final
+
+
+def test_residual_block_names_are_the_blocks_in_the_order_the_walk_runs_them():
+    net = tiny_unet(channels=(8, 16, 16), blocks=2)
+    x, t = images(2, size=16), torch.tensor([1, 700])
+    outputs, final = block_outputs(net, x, t)
+    assert list(outputs) == list(net.residual_block_names())
+    assert len(outputs) == 3 * 2 + 2 + 3 * 3
+    code = net.time_mlp(net.embedding(t.double()).float())
+    with torch.no_grad():
+        assert torch.equal(net.walk(x, code, lambda name, h: h), final)
+
+
+def test_text_unet_with_silent_cross_attention_is_the_unet_with_the_same_weights():
+    # With every cross-attention output projection zero each layer adds an exact zero, so the
+    # shared walk must give the UNet's output bit for bit; the UNet takes the text U-Net's
+    # weights with strict=True, so the two share every parameter name but cross.*.
+    text_net, (x, t, context, mask) = tiny_text_unet(), text_inputs()
+    for name in text_net.residual_block_names():
+        nn.init.zeros_(text_net.cross_attention(name).out.weight)
+        nn.init.zeros_(text_net.cross_attention(name).out.bias)
+    shared = {k: v for k, v in text_net.state_dict().items() if not k.startswith("cross.")}
+    net = UNet(channels=(8, 16), blocks=2, groups=4)
+    net.load_state_dict(shared, strict=True)
+    with torch.no_grad():
+        assert torch.equal(text_net(x, t, context, mask), net(x, t))
+        assert not torch.equal(tiny_text_unet()(x, t, context, mask), net(x, t))
+
+
+def test_each_cross_attention_layer_reads_the_output_of_its_own_block():
+    net, inputs = tiny_text_unet(), text_inputs()
+    seen = {}
+    for name in net.residual_block_names():
+        net.cross_attention(name).register_forward_pre_hook(
+            lambda _module, args, name=name: seen.update({name: args[0]})
+        )
+    outputs, _ = block_outputs(net, *inputs)
+    assert list(seen) == list(outputs)
+    for name, out in outputs.items():
+        assert torch.equal(seen[name], out), name
+    assert [net.cross_attention(n) for n in outputs] == list(net.cross)  # cross.k: k-th block
+    with pytest.raises(KeyError, match="down.99"):
+        net.cross_attention("down.99")
+
+
+def test_perturbing_one_cross_attention_layer_changes_only_what_follows_its_block():
+    net, inputs = tiny_text_unet(), text_inputs()
+    names = net.residual_block_names()
+    target = names.index("up.1")  # the second up block, at the lowest resolution
+    before, final = block_outputs(net, *inputs)
+    with torch.no_grad():
+        net.cross_attention("up.1").out.weight.mul_(3.0)
+    after, perturbed = block_outputs(net, *inputs)
+    for name in names[: target + 1]:  # up to and including the block itself: untouched
+        assert torch.equal(after[name], before[name]), name
+    for name in names[target + 1 :]:
+        assert (after[name] - before[name]).abs().max() > 1e-6, name
+    assert (perturbed - final).abs().max() > 1e-6
 
 
 # --- size ---------------------------------------------------------------------------------
