@@ -30,8 +30,9 @@ has at least one key and no softmax is taken over nothing. Training replaces a f
 prompts by it (:func:`drop_prompts`), so that one network learns both the conditional and the
 unconditional model.
 
-The encoder's weights are trained jointly with the latent diffusion model (the latent diffusion
-chapter); :mod:`diffusion_core.autoencoder` provides the latent space.
+The encoder has no pretrained weights: it is trained jointly with the latent denoiser
+(:mod:`diffusion_core.latent`), which reads its output through the cross-attention layers of
+:class:`diffusion_core.nets.TextUNet`.
 """
 
 from __future__ import annotations
@@ -260,8 +261,8 @@ class TextEncoder(nn.Module):
     A miniature of CLIP's text transformer (Radford et al. 2021), without its causal mask: every
     real token sees every other real token, none sees padding, so the embeddings at real
     positions do not depend on what the padded positions hold. The zeroed padded rows carry
-    nothing; a cross-attention layer should still take the mask and ignore them.
-    :meth:`pool` gives one vector per prompt, the mean over the real positions.
+    nothing; a cross-attention layer should still take the mask and ignore them
+    (:class:`diffusion_core.nets.CrossAttention` does).
 
     ``vocab_size`` and ``max_length`` come from the :class:`Tokenizer` (see
     :meth:`from_tokenizer`). Token embeddings are initialised N(0, 0.02^2) and positional ones
@@ -307,12 +308,6 @@ class TextEncoder(nn.Module):
             h = layer(h, mask)
         return self.norm(h) * mask[..., None], mask
 
-    @staticmethod
-    def pool(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The mean of the embeddings over the real positions of each prompt, shape (n, dim)."""
-        weights = mask.to(embeddings.dtype)[..., None]
-        return (embeddings * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
     def _check_inputs(self, ids, mask) -> None:
         if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
             raise TypeError("ids must be an integer torch.Tensor of shape (n, L)")
@@ -337,6 +332,8 @@ class TextEncoder(nn.Module):
 
 
 def _check_prompts(prompts, name: str = "prompts") -> list[str]:
+    """A list copy of ``prompts``, after checking that it is a sequence of strings (one string
+    alone is refused: it would be read as a sequence of one-letter prompts)."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError(f"{name} must be a list of strings, got {type(prompts).__name__}")
     for i, text in enumerate(prompts):
@@ -351,4 +348,5 @@ def _check_generator(generator) -> None:
 
 
 def _randint(high: int, generator: torch.Generator) -> int:
+    """One integer uniform on 0..high-1, drawn from ``generator`` on the generator's device."""
     return int(torch.randint(high, (1,), generator=generator, device=generator.device))
