@@ -1,5 +1,5 @@
-"""Small denoising networks: a sinusoidal time embedding, an MLP for low-dimensional data and a
-U-Net for images.
+"""Small denoising networks: a sinusoidal time embedding, an MLP for low-dimensional data, a
+U-Net for images and its text-conditioned variant.
 
 A denoiser takes a noised batch ``x`` of shape (n, d) or (n, C, H, W) and the time ``t`` of each
 sample and returns one prediction per sample, shaped like ``x``: the noise eps, the clean data x0
@@ -9,12 +9,15 @@ stay distinguishable; the U-Net can also take a class label, with a "null" class
 classifier-free guidance. :func:`count_flops` and :func:`describe` give a network's cost.
 
 Trained by :func:`diffusion_core.train.train`; the 2-D chapters use :class:`MLPDenoiser`, the
-image chapters :class:`UNet`.
+image chapters :class:`UNet`. :class:`TextUNet`, the latent diffusion chapter's denoiser, is the
+same U-Net with a :class:`CrossAttention` layer on a prompt after every residual block; both run
+one layer walk, :meth:`UNet.walk`, so the skip connections are written once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -371,7 +374,12 @@ class UNet(nn.Module):
         """MLP(emb(t)), in the parameters' dtype (the embedding is computed in float64)."""
         return self.time_mlp(self.embedding(t.to(torch.float64)).to(self.input.weight.dtype))
 
-    def walk(self, x: torch.Tensor, code: torch.Tensor, after_block=None) -> torch.Tensor:
+    def walk(
+        self,
+        x: torch.Tensor,
+        code: torch.Tensor,
+        after_block: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The network from the input convolution to the output one, given the code (n, 4 c_0).
 
         ``after_block(name, h)``, if given, maps the output h of every residual block to the
