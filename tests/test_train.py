@@ -391,11 +391,11 @@ def test_trained_mlp_samples_the_mixture_at_the_noise_floor():
     net = MLPDenoiser()
     config = TrainConfig(steps=2000, batch_size=256, lr=2e-3, ema_decay=0.995, seed=1)
     run = train(net, data, DiffusionLoss(linear_schedule()), config, progress=False)
-    grid = samplers.schedule_grid(linear_schedule(), 50)
+    grid = linear_schedule().grid(50)
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
         x = samplers.prior_sample(grid, (2000, 2), generator)
-        out = samplers.ddim(as_denoiser(run.ema, linear_schedule(), "eps"), x, grid)
+        out = samplers.ddim(as_denoiser(run.ema, "eps"), x, grid)
     distance = metrics.sliced_wasserstein(out, mixture.sample(2000, generator))
     floor = metrics.sliced_wasserstein_floor(mixture.sample, 2000, generator=generator, repeats=20)
     assert distance < 1.5 * floor, (distance, floor)
