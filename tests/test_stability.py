@@ -18,18 +18,12 @@ from diffusion_core import stability as st
 from diffusion_core.analytic import default_mixture_2d, gaussian
 from diffusion_core.forward import seed_article_equation_moments, seed_article_variance
 from diffusion_core.parameterization import as_denoiser, exact_denoiser, v_from_eps_x0
-from diffusion_core.samplers import (
-    SAMPLERS,
-    TimeGrid,
-    ddim,
-    ddpm,
-    prior_sample,
-    schedule_grid,
-    sde_grid,
-)
+from diffusion_core.samplers import SAMPLERS, ddim, ddpm, prior_sample
 from diffusion_core.schedules import (
     VESDE,
     VPSDE,
+    GridPoint,
+    TimeGrid,
     cosine_schedule,
     linear_schedule,
     rescale_zero_terminal_snr,
@@ -49,17 +43,17 @@ def gen(seed):
 
 def truncated(grid):
     """The grid without its clean point: the error is then the solver's alone."""
-    return TimeGrid(grid.t[:-1], grid.scale[:-1], grid.std[:-1])
+    return grid[:-1]
 
 
 LINEAR = linear_schedule()
 ZERO_SNR = rescale_zero_terminal_snr(scaled_linear_schedule())
 GRIDS = {
-    "linear, 10 trailing": (LINEAR, schedule_grid(LINEAR, 10)),
-    "linear, 7 leading": (LINEAR, schedule_grid(LINEAR, 7, "leading")),
-    "VE, 6 uniform": (VESDE(), sde_grid(VESDE(), 6)),
-    "VP, 5 Karras, stop at t_min": (VPSDE(), truncated(sde_grid(VPSDE(), 5, kind="karras"))),
-    "zero terminal SNR, 8": (ZERO_SNR, schedule_grid(ZERO_SNR, 8)),
+    "linear, 10 trailing": (LINEAR, LINEAR.grid(10)),
+    "linear, 7 leading": (LINEAR, LINEAR.grid(7, "leading")),
+    "VE, 6 uniform": (VESDE(), VESDE().grid(6)),
+    "VP, 5 Karras, stop at t_min": (VPSDE(), truncated(VPSDE().grid(5, "karras"))),
+    "zero terminal SNR, 8": (ZERO_SNR, ZERO_SNR.grid(8)),
 }
 
 
@@ -114,14 +108,14 @@ def test_edm_input_scale_gives_unit_variance_at_every_sigma():
 
 
 def test_gaussian_denoiser_is_the_exact_posterior_mean():
-    grid = schedule_grid(LINEAR, 10)
+    grid = LINEAR.grid(10)
     exact = exact_denoiser(
-        gaussian(torch.tensor([MEAN], dtype=F64), torch.tensor([[STD**2]], dtype=F64)), LINEAR
+        gaussian(torch.tensor([MEAN], dtype=F64), torch.tensor([[STD**2]], dtype=F64))
     )
-    linear_model = st.gaussian_denoiser(LINEAR, MEAN, STD)
+    linear_model = st.gaussian_denoiser(MEAN, STD)
     p, q = st.gaussian_denoiser_coefficients(grid, MEAN, STD)
     x = torch.linspace(-3, 3, 7, dtype=F64)[:, None]
-    for i, t in enumerate(grid.t[:-1]):
+    for i, t in enumerate(grid.points[:-1]):
         torch.testing.assert_close(linear_model(x, t), exact(x, t), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(linear_model(x, t), p[i] * x + q[i], rtol=1e-12, atol=1e-12)
 
@@ -130,9 +124,9 @@ def test_gaussian_denoiser_is_the_exact_posterior_mean():
 @pytest.mark.parametrize("name", ODE)
 def test_affine_steps_reproduce_the_deterministic_samplers_on_inputs_0_and_1(name, grid_name):
     process, grid = GRIDS[grid_name]
-    model = st.gaussian_denoiser(process, MEAN, STD)
+    model = st.gaussian_denoiser(MEAN, STD)
     out = SAMPLERS[name](model, torch.tensor([0.0, 1.0], dtype=F64), grid)
-    steps = st.affine_steps(name, grid, *st.gaussian_denoiser_coefficients(grid, MEAN, STD))
+    steps = st.affine_map(name, grid, *st.gaussian_denoiser_coefficients(grid, MEAN, STD))
     at_zero, _ = st.output_law(steps, 0.0, 0.0)
     at_one, _ = st.output_law(steps, 1.0, 0.0)
     torch.testing.assert_close(torch.stack([at_zero, at_one]), out, rtol=1e-10, atol=1e-10)
@@ -154,7 +148,7 @@ def test_output_law_of_the_stochastic_samplers_matches_monte_carlo(name, options
     process, grid = GRIDS[grid_name]
     n = 40_000
     out = SAMPLERS[name](
-        st.gaussian_denoiser(process, MEAN, STD),
+        st.gaussian_denoiser(MEAN, STD),
         exact_law_start(grid, n, 1),
         grid,
         gen(2),
@@ -166,11 +160,9 @@ def test_output_law_of_the_stochastic_samplers_matches_monte_carlo(name, options
 
 
 def test_closed_form_w2_of_euler_matches_monte_carlo_of_the_sampler():
-    grid = truncated(sde_grid(VESDE(), 8))
+    grid = truncated(VESDE().grid(8))
     n = 160_000
-    out = SAMPLERS["euler"](
-        st.gaussian_denoiser(VESDE(), MEAN, STD), exact_law_start(grid, n, 3), grid
-    )
+    out = SAMPLERS["euler"](st.gaussian_denoiser(MEAN, STD), exact_law_start(grid, n, 3), grid)
     means, variances = st.marginal_law(grid, MEAN, STD)
     # In 1-D, W2 = ((m1 - m2)^2 + (s1 - s2)^2)^(1/2); the estimate moves by at most the errors of
     # the sample mean and standard deviation (SE of a std: s / sqrt(2 (n - 1))).
@@ -196,9 +188,7 @@ def test_observed_orders_on_gaussian_data(name, order):
     # A VE grid uniform in t is uniform in log sigma, so every step has the same size h in the
     # variable DPM-Solver++ integrates in; from 32 steps on all six are in their asymptotic range.
     steps = [32, 64, 128, 256]
-    errors = [
-        st.gaussian_sampler_w2(name, truncated(sde_grid(VESDE(), k)), MEAN, STD) for k in steps
-    ]
+    errors = [st.gaussian_sampler_w2(name, truncated(VESDE().grid(k)), MEAN, STD) for k in steps]
     observed = st.observed_order(steps, torch.stack(errors))
     assert abs(observed - order) < 0.3, (name, observed, errors)
 
@@ -207,7 +197,7 @@ def test_observed_orders_on_gaussian_data(name, order):
 
 
 def test_ddpm_gain_is_sqrt_alpha_bar_and_ode_gain_is_one_for_unit_variance_vp_data():
-    grid = schedule_grid(LINEAR, 50)
+    grid = LINEAR.grid(50)
     p, q = st.gaussian_denoiser_coefficients(grid, 0.0, 1.0)
     scale = grid.scale[:-1]
     ode = st.pf_ode_gain(scale, grid.std[:-1], 1.0)
@@ -215,20 +205,20 @@ def test_ddpm_gain_is_sqrt_alpha_bar_and_ode_gain_is_one_for_unit_variance_vp_da
     torch.testing.assert_close(ode, torch.ones_like(ode))
     torch.testing.assert_close(sde, scale)
     for name in ("ddpm", "euler_maruyama"):  # exact at any step count (the product telescopes)
-        gain = st.perturbation_gain(st.affine_steps(name, grid, p, q))[:-1]
+        gain = st.perturbation_gain(st.affine_map(name, grid, p, q))[:-1]
         torch.testing.assert_close(gain, scale, rtol=1e-10, atol=0)
     # ODE samplers carry a perturbation along: within their discretisation error of gain 1.
     for name, tolerance in (("ddim", 0.04), ("heun", 0.003)):
-        gain = st.perturbation_gain(st.affine_steps(name, grid, p, q))[:-1]
+        gain = st.perturbation_gain(st.affine_map(name, grid, p, q))[:-1]
         assert (gain - 1).abs().max() < tolerance, (name, gain)
     assert float(sde[0]) < 0.007  # a perturbation of the starting noise is all but forgotten
 
 
 @pytest.mark.parametrize("name", ["ddim", "heun", "ddpm", "euler_maruyama"])
 def test_a_perturbation_moves_the_real_sampler_by_the_exact_gain(name):
-    grid = schedule_grid(LINEAR, 20)
-    model = st.gaussian_denoiser(LINEAR, MEAN, STD)
-    steps = st.affine_steps(name, grid, *st.gaussian_denoiser_coefficients(grid, MEAN, STD))
+    grid = LINEAR.grid(20)
+    model = st.gaussian_denoiser(MEAN, STD)
+    steps = st.affine_map(name, grid, *st.gaussian_denoiser_coefficients(grid, MEAN, STD))
     x = prior_sample(grid, (256,), gen(4))
     delta = 1e-3
     moved = SAMPLERS[name](model, x + delta, grid, gen(5)) - SAMPLERS[name](model, x, grid, gen(5))
@@ -238,8 +228,8 @@ def test_a_perturbation_moves_the_real_sampler_by_the_exact_gain(name):
 
 def test_on_the_mixture_the_reverse_sde_contracts_what_the_ode_carries():
     mixture = default_mixture_2d()
-    grid = schedule_grid(LINEAR, 25)
-    model = exact_denoiser(mixture, LINEAR)
+    grid = LINEAR.grid(25)
+    model = exact_denoiser(mixture)
     x = prior_sample(grid, (200, 2), gen(6))
     direction = torch.randn(200, 2, generator=gen(7), dtype=F64)
     direction = direction / direction.norm(dim=1, keepdim=True)
@@ -258,10 +248,10 @@ def test_on_the_mixture_the_reverse_sde_contracts_what_the_ode_carries():
 
 def test_terminal_snr_leak_has_the_predicted_size():
     schedule = scaled_linear_schedule()
-    grid = schedule_grid(schedule, 50)
+    grid = schedule.grid(50)
     start = (0.0, float(grid.std[0] ** 2))  # prior_sample's law: pure noise
     mean, var = st.gaussian_sampler_law("ddim", grid, MEAN, 1.0, start=start)
-    steps = st.affine_steps("ddim", grid, *st.gaussian_denoiser_coefficients(grid, MEAN, 1.0))
+    steps = st.affine_map("ddim", grid, *st.gaussian_denoiser_coefficients(grid, MEAN, 1.0))
     leak = st.terminal_leak(grid, MEAN)
     gain = st.perturbation_gain(steps)[0]
     # Started from the exact law the mean is exact; from pure noise it is short by gain * leak.
@@ -270,25 +260,25 @@ def test_terminal_snr_leak_has_the_predicted_size():
     predicted = st.pf_ode_gain(grid.scale[0], grid.std[0], 1.0) * leak
     assert abs((mean - MEAN) / -predicted - 1) < 0.05  # continuous-time estimate, 50 steps
     n = 100_000
-    out = ddim(st.gaussian_denoiser(schedule, MEAN, 1.0), prior_sample(grid, (n,), gen(9)), grid)
+    out = ddim(st.gaussian_denoiser(MEAN, 1.0), prior_sample(grid, (n,), gen(9)), grid)
     assert abs(out.mean() - mean) < Z * (var / n).sqrt()
     assert abs(out.mean() - MEAN) > 10 * (var / n).sqrt()  # the leak itself is far above noise
 
 
 def test_zero_terminal_snr_with_v_prediction_has_no_leak():
-    grid = schedule_grid(ZERO_SNR, 25)
+    grid = ZERO_SNR.grid(25)
     assert float(grid.scale[0]) == 0.0 and st.terminal_leak(grid, MEAN) == 0
     mean, _ = st.gaussian_sampler_law("ddim", grid, MEAN, 1.0, start=(0.0, 1.0))
     assert abs(mean - MEAN) < 1e-12
-    x0_model = st.gaussian_denoiser(ZERO_SNR, MEAN, 1.0)
+    x0_model = st.gaussian_denoiser(MEAN, 1.0)
 
     def v_net(x, t):
-        scale, std = ZERO_SNR.marginal(t)
-        x0 = x0_model(x, t)
-        return v_from_eps_x0((x - scale * x0) / std, x0, scale, std)
+        point = GridPoint(t, *(float(v) for v in ZERO_SNR.marginal(t)))
+        x0 = x0_model(x, point)
+        return v_from_eps_x0((x - point.scale * x0) / point.std, x0, point.scale, point.std)
 
     n = 50_000
-    out = ddim(as_denoiser(v_net, ZERO_SNR, "v"), prior_sample(grid, (n,), gen(10)), grid)
+    out = ddim(as_denoiser(v_net, "v"), prior_sample(grid, (n,), gen(10)), grid)
     assert bool(torch.isfinite(out).all())
     assert abs(out.mean() - MEAN) < Z * (out.var() / n).sqrt()
 
@@ -297,7 +287,7 @@ def test_leading_spacing_leaks_more_than_trailing():
     schedule = scaled_linear_schedule()
     bias = {}
     for spacing in ("leading", "trailing"):
-        grid = schedule_grid(schedule, 10, spacing)
+        grid = schedule.grid(10, spacing)
         mean, _ = st.gaussian_sampler_law(
             "ddim", grid, MEAN, 1.0, start=(0.0, float(grid.std[0] ** 2))
         )
@@ -312,7 +302,7 @@ def test_leading_spacing_leaks_more_than_trailing():
 )
 def test_a_last_step_that_stops_at_t_1_leaves_noise_of_std_sqrt_beta_1(schedule, noise):
     # A nearly constant coordinate (a background pixel): any spread in the output is noise.
-    full = schedule_grid(schedule, 50)
+    full = schedule.grid(50)
     t = torch.cat([full.t[:-1], torch.ones(1, dtype=torch.int64)])
     stops_at_one = TimeGrid(t, *schedule.marginal(t))
     _, std_1 = schedule.marginal(1)
@@ -327,13 +317,13 @@ def test_a_last_step_that_stops_at_t_1_leaves_noise_of_std_sqrt_beta_1(schedule,
 
 
 def test_textbook_ddpm_in_float16_gives_nan_and_the_library_does_not():
-    model = st.gaussian_denoiser(LINEAR, MEAN, STD)
+    model = st.gaussian_denoiser(MEAN, STD)
 
     def eps_model(x, t):
-        scale, std = LINEAR.marginal(t)
-        return (x.to(F64) - scale * model(x, t)) / std
+        point = GridPoint(t, *(float(v) for v in LINEAR.marginal(t)))
+        return (x.to(F64) - point.scale * model(x, point)) / point.std
 
-    x = prior_sample(schedule_grid(LINEAR, 1000), (200,), gen(11))
+    x = prior_sample(LINEAR.grid(1000), (200,), gen(11))
     ab16 = torch.cumprod(1 - LINEAR.betas.half(), 0)
     assert int((ab16 == 1).sum()) == 8  # 1 - beta_t rounds to 1 for t <= 8: 1 - alpha_bar_t = 0
     naive = {
@@ -345,7 +335,7 @@ def test_textbook_ddpm_in_float16_gives_nan_and_the_library_does_not():
     for dtype in (torch.float16, torch.bfloat16):
         nan, inf = st.nonfinite_count(naive[dtype])
         assert nan + inf == 200, dtype
-    report = st.precision_study(ddpm, model, x, schedule_grid(LINEAR, 1000), seed=12)
+    report = st.precision_study(ddpm, model, x, LINEAR.grid(1000), seed=12)
     for dtype, bound in ((torch.float32, 1e-6), (torch.float16, 1e-3), (torch.bfloat16, 5e-3)):
         assert report[dtype]["nan"] == report[dtype]["inf"] == 0
         # Rounding of x0_hat, relative 2^-11 (fp16) or 2^-8 (bf16), reaches the output with gain
@@ -371,8 +361,8 @@ def test_dynamic_threshold_and_clip_by_hand():
 def test_clipping_removes_range_violations_at_a_measured_cost_in_bias():
     images = torch.as_tensor(load_digits().images, dtype=F64).reshape(-1, 64) / 8 - 1
     fit = gaussian(images.mean(0), torch.cov(images.T) + 1e-3 * torch.eye(64, dtype=F64))
-    model = exact_denoiser(fit, LINEAR)  # a Gaussian model of bounded data: it errs near -1, 1
-    grid = schedule_grid(LINEAR, 20)
+    model = exact_denoiser(fit)  # a Gaussian model of bounded data: it errs near -1, 1
+    grid = LINEAR.grid(20)
     n = 400
     x = prior_sample(grid, (n, 64), gen(13))
     results = {}
@@ -398,28 +388,30 @@ def test_clipping_removes_range_violations_at_a_measured_cost_in_bias():
 
 
 def test_arguments_are_checked():
-    grid = schedule_grid(LINEAR, 5)
+    grid = LINEAR.grid(5)
     p, q = st.gaussian_denoiser_coefficients(grid, 0.0, 1.0)
-    with pytest.raises(ValueError, match="name must be one of"):
-        st.affine_steps("predictor_corrector", grid, p, q)
+    with pytest.raises(ValueError, match="predictor_corrector has no step rule"):
+        st.affine_map("predictor_corrector", grid, p, q)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        st.affine_map("nonesuch", grid, p, q)
     with pytest.raises(TypeError, match="grid must be a TimeGrid"):
-        st.affine_steps("ddim", LINEAR, p, q)
+        st.affine_map("ddim", LINEAR, p, q)
     with pytest.raises(ValueError, match="p must have one entry per grid point"):
-        st.affine_steps("ddim", grid, p[:-1], q)
-    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0.0, 1.0\]"):
-        st.affine_steps("ddim", grid, p, q, eta=2.0)
+        st.affine_map("ddim", grid, p[:-1], q)
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\]"):
+        st.affine_map("ddim", grid, p, q, eta=2.0)
     with pytest.raises(ValueError, match="variance must be one of"):
-        st.affine_steps("ddpm", grid, p, q, variance="large")
+        st.affine_map("ddpm", grid, p, q, variance="large")
     with pytest.raises(ValueError, match="finite sigma_0"):
-        zero = schedule_grid(ZERO_SNR, 5)
-        st.affine_steps("euler_maruyama", zero, *st.gaussian_denoiser_coefficients(zero, 0.0, 1.0))
-    with pytest.raises(ValueError, match="data_std must be > 0"):
+        zero = ZERO_SNR.grid(5)
+        st.affine_map("euler_maruyama", zero, *st.gaussian_denoiser_coefficients(zero, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"data_std must be a finite number in \(0, inf\]"):
         st.marginal_law(grid, 0.0, 0.0)
     with pytest.raises(TypeError, match="data_mean must be a number"):
         st.gaussian_denoiser_coefficients(grid, "0", 1.0)
-    with pytest.raises(ValueError, match=r"start_var must be a finite number in \[0.0, inf\]"):
-        st.output_law(st.affine_steps("ddim", grid, p, q), 0.0, -1.0)
-    with pytest.raises(TypeError, match="steps must be AffineSteps"):
+    with pytest.raises(ValueError, match=r"start_var must be a finite number in \[0, inf\]"):
+        st.output_law(st.affine_map("ddim", grid, p, q), 0.0, -1.0)
+    with pytest.raises(TypeError, match="affine must be an AffineMap"):
         st.perturbation_gain((p, q))
     with pytest.raises(ValueError, match="noise_vars must have the shape of factors"):
         st.chain_moments(torch.ones(3), torch.ones(2))
