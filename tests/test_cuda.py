@@ -85,10 +85,10 @@ def starting_noise(grid, n, device):
 def sync_checked(model):
     """Arm the sync check at the first model call; pause it during every model call."""
 
-    def checked(x, t):
+    def checked(x, point):
         torch.cuda.set_sync_debug_mode(0)
         try:
-            return model(x, t)
+            return model(x, point)
         finally:
             torch.cuda.set_sync_debug_mode("error")
 
@@ -97,10 +97,10 @@ def sync_checked(model):
 
 @pytest.mark.parametrize("name", list(samplers.SAMPLERS))
 def test_sampling_loops_make_no_synchronising_cuda_call(name, mixture, schedule):
-    grid = samplers.schedule_grid(schedule, 6)
+    grid = schedule.grid(6)
     x = starting_noise(grid, 256, CUDA)
     generator = torch.Generator(device=CUDA).manual_seed(1)
-    model = sync_checked(exact_denoiser(mixture, schedule))
+    model = sync_checked(exact_denoiser(mixture))
     try:
         out = samplers.SAMPLERS[name](model, x, grid, generator)
     finally:
@@ -117,8 +117,8 @@ def test_sampling_loops_make_no_synchronising_cuda_call(name, mixture, schedule)
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_deterministic_samplers_agree_on_cpu_and_cuda(name, mixture, schedule):
-    grid = samplers.schedule_grid(schedule, 20)
-    model = exact_denoiser(mixture, schedule)
+    grid = schedule.grid(20)
+    model = exact_denoiser(mixture)
     cpu = samplers.SAMPLERS[name](model, starting_noise(grid, 2000, "cpu"), grid)
     gpu = samplers.SAMPLERS[name](model, starting_noise(grid, 2000, CUDA), grid)
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float64
@@ -128,10 +128,10 @@ def test_deterministic_samplers_agree_on_cpu_and_cuda(name, mixture, schedule):
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_stochastic_samplers_reach_the_noise_floor_on_cuda(name, mixture, schedule):
     n = 2000
-    grid = samplers.schedule_grid(schedule, 250)
+    grid = schedule.grid(250)
     generator = torch.Generator(device=CUDA).manual_seed(2)
     out = samplers.SAMPLERS[name](
-        exact_denoiser(mixture, schedule), starting_noise(grid, n, CUDA), grid, generator
+        exact_denoiser(mixture), starting_noise(grid, n, CUDA), grid, generator
     )
     data = mixture.sample(n, torch.Generator().manual_seed(3))
     floor = float(sliced_wasserstein_floor(mixture.sample, n))
@@ -146,10 +146,10 @@ def test_per_sample_noise_is_batch_invariant_with_cuda_generators():
 
 
 def test_per_sample_cuda_generators_make_ddpm_paths_batch_invariant(mixture, schedule):
-    grid = samplers.schedule_grid(schedule, 20)
+    grid = schedule.grid(20)
     seeds = sample_seeds(4, range(8))
     x = starting_noise(grid, 8, CUDA)
-    model = exact_denoiser(mixture, schedule)
+    model = exact_denoiser(mixture)
     whole = samplers.ddpm(model, x, grid, per_sample_generators(seeds, CUDA))
     part = samplers.ddpm(model, x[[5, 2]], grid, per_sample_generators([seeds[5], seeds[2]], CUDA))
     torch.testing.assert_close(part, whole[[5, 2]], rtol=1e-12, atol=1e-12)
@@ -164,10 +164,10 @@ def test_sampling_a_network_on_cuda_matches_the_cpu():
     torch.manual_seed(0)
     net = MLPDenoiser(hidden=32, depth=2, time_dim=16).eval()
     schedule = linear_schedule(1000)
-    grid = samplers.schedule_grid(schedule, 20)
+    grid = schedule.grid(20)
     outputs = []
     for device in ("cpu", CUDA):
-        model = as_denoiser(net.to(device), schedule, "eps")
+        model = as_denoiser(net.to(device), "eps")
         with torch.no_grad():
             outputs.append(samplers.ddim(model, starting_noise(grid, 512, device).float(), grid))
     torch.testing.assert_close(outputs[1].cpu(), outputs[0], rtol=1e-4, atol=1e-3)
