@@ -21,6 +21,7 @@ __all__ = [
     "check_positive_int",
     "check_shape",
     "check_timesteps",
+    "check_torch_generator",
     "per_sample",
 ]
 
