@@ -18,7 +18,16 @@ from diffusion_core import stability as st
 from diffusion_core.analytic import default_mixture_2d, gaussian
 from diffusion_core.forward import seed_article_equation_moments, seed_article_variance
 from diffusion_core.parameterization import as_denoiser, exact_denoiser, v_from_eps_x0
-from diffusion_core.samplers import SAMPLERS, ddim, ddpm, prior_sample
+from diffusion_core.samplers import (
+    SAMPLERS,
+    Step,
+    Update,
+    ddim,
+    ddpm,
+    prior_sample,
+    run_steps,
+    step_rule,
+)
 from diffusion_core.schedules import (
     VESDE,
     VPSDE,
@@ -435,3 +444,33 @@ def test_arguments_are_checked():
         st.observed_order([1, 2], [0.1, 0.0])
     with pytest.raises(ValueError, match="scale must be > 0"):
         st.pf_ode_gain(0.0, 1.0, 1.0)
+
+
+# ------------------------------------------------------------- a sampler added elsewhere
+
+
+def noisy_euler_steps(grid):
+    """A toy rule written outside the library: Euler's step plus fresh noise of std std' / 10
+    (not a good sampler; an affine one the library has never seen)."""
+    a, s = grid.scale.tolist(), grid.std.tolist()
+    return [
+        Step(Update(x=s[i + 1] / s[i], d=a[i + 1] - a[i] * s[i + 1] / s[i], noise=s[i + 1] / 10))
+        for i in range(grid.steps)
+    ]
+
+
+@step_rule(noisy_euler_steps)
+def noisy_euler(model, x, grid, generator=None, callback=None):
+    return run_steps(noisy_euler_steps(grid), model, x, grid, generator, callback)
+
+
+def test_a_new_sampler_with_a_step_rule_gets_its_exact_law_for_free():
+    grid = LINEAR.grid(12)[:-1]  # ends at std > 0, so every step adds noise
+    mean, var = st.gaussian_sampler_law(noisy_euler, grid, MEAN, STD)
+    affine = st.affine_map(noisy_euler, grid, *st.gaussian_denoiser_coefficients(grid, MEAN, STD))
+    assert affine.noise.shape == (grid.steps,) and bool((affine.noise != 0).all())
+    n = 200_000
+    out = noisy_euler(st.gaussian_denoiser(MEAN, STD), exact_law_start(grid, n, 21), grid, gen(22))
+    # Z standard errors of the mean and of the variance of n Gaussian draws
+    assert abs(out.mean() - mean) < Z * (var / n).sqrt()
+    assert abs(out.var() / var - 1) < Z * math.sqrt(2 / (n - 1))
