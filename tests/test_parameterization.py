@@ -24,10 +24,12 @@ from diffusion_core.parameterization import (
     x0_from_eps,
     x0_from_v,
 )
+from diffusion_core.samplers import ddim
 from diffusion_core.schedules import (
     VESDE,
     VPSDE,
     GridPoint,
+    RectifiedFlow,
     linear_schedule,
     rescale_zero_terminal_snr,
     scaled_linear_schedule,
@@ -239,3 +241,62 @@ def test_denoiser_adapters_reject_bad_arguments():
     for call in (model, model.affine):
         with pytest.raises(ValueError, match=r"net\(x, t\) must have the shape of x"):
             call(torch.zeros(2, 2, dtype=torch.float64), point_at(schedule, torch.tensor(3)))
+
+
+def test_as_denoiser_accepts_one_time_per_sample():
+    # The samplers hand one grid point to a whole batch; the conversions also take one level
+    # per sample, so a point that carries (n,) times, scales and stds denoises every sample at
+    # its own time (v- and x0-prediction; eps-prediction's zero-SNR check reads one scale).
+    schedule, mixture = linear_schedule(100), default_mixture_2d()
+    nets = nets_from_mixture(mixture, schedule)
+    x = torch.randn(3, 2, generator=gen(1), dtype=torch.float64)
+    t = torch.tensor([5, 50, 95])
+    scale, std = schedule.marginal(t)
+    expected = mixture.x0_pred(x, scale, std)
+    for prediction in ("v", "x0"):
+        model = as_denoiser(nets[prediction], prediction)
+        out = model(x, GridPoint(t, scale, std))
+        torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+        for row in range(3):
+            one = model(x[row : row + 1], point_at(schedule, t[row]))
+            torch.testing.assert_close(out[row : row + 1], one, rtol=1e-12, atol=1e-12)
+
+
+def test_the_affine_form_passes_conditioning_too():
+    seen = []
+
+    def conditional_net(x, t, labels):
+        seen.append(labels)
+        return x * (1 + labels[:, None])
+
+    x = torch.ones(3, 2, dtype=torch.float64)
+    point = point_at(linear_schedule(10), torch.tensor(4))
+    labels = torch.tensor([0, 1, 2])
+    model = as_denoiser(conditional_net, "x0")
+    out, a, b = model.affine(x, point, labels)
+    assert seen == [labels] and (a, b) == (0.0, 1.0)
+    torch.testing.assert_close(out, x * torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64))
+    torch.testing.assert_close(model(x, point, labels), out, rtol=0, atol=0)
+
+
+def test_eps_prediction_raises_at_the_start_of_a_rectified_flow_grid():
+    # The straight path starts at pure noise, scale = 0 at t = 1: eps cannot give x0 there, on
+    # any process, while x0- and v-prediction can.
+    process, mixture = RectifiedFlow(), default_mixture_2d()
+    nets = nets_from_mixture(mixture, process)
+    grid = process.grid(10)
+    assert grid[0].scale == 0.0 and grid[1].scale > 0
+    x = torch.randn(8, 2, generator=gen(3), dtype=torch.float64)
+    eps_model = as_denoiser(nets["eps"], "eps")
+    for call in (eps_model, eps_model.affine):
+        with pytest.raises(ValueError, match="prediction='eps' cannot recover x0 at zero SNR"):
+            call(x, grid[0])
+    with pytest.raises(ValueError, match="zero SNR"):
+        ddim(eps_model, x, grid)
+    torch.testing.assert_close(
+        eps_model(x, grid[1]), mixture.x0_pred(x, grid[1].scale, grid[1].std), rtol=1e-9, atol=1e-9
+    )
+    for prediction in ("v", "x0"):
+        out = as_denoiser(nets[prediction], prediction)(x, grid[0])
+        torch.testing.assert_close(out, mixture.mean.expand(8, 2), rtol=0, atol=1e-12)
+        assert bool(torch.isfinite(ddim(as_denoiser(nets[prediction], prediction), x, grid)).all())
