@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diffusion_core.forward import (
+    posterior_coefficients,
     q_posterior,
     q_sample,
     q_step,
@@ -24,6 +25,7 @@ from diffusion_core.forward import (
 from diffusion_core.schedules import (
     VESDE,
     VPSDE,
+    RectifiedFlow,
     Schedule,
     cosine_schedule,
     linear_schedule,
@@ -229,6 +231,58 @@ def test_q_posterior_with_one_time_per_sample():
     # the rounding of 1 - alpha_bar_1, relative eps / beta_1 = 2e-12.
     torch.testing.assert_close(mean[0], x0[0], rtol=1e-10, atol=0)
     assert variance[0] == 0
+
+
+@pytest.mark.parametrize(
+    "process, t, s",
+    [
+        (linear_schedule(1000), 700, 300),
+        (VPSDE(), 0.9, 0.2),
+        (VESDE(), 0.8, 0.5),
+        (RectifiedFlow(), 0.6, 0.1),
+        (RectifiedFlow(), 1.0, 0.25),  # from zero SNR: scale_t = 0
+    ],
+    ids=["linear", "VPSDE", "VESDE", "rectified flow", "rectified flow from t = 1"],
+)
+def test_posterior_coefficients_are_gaussian_conditioning_for_any_two_times(process, t, s):
+    # Given x_0, x_s = a_s x_0 + s_s e and x_t = (a_t / a_s) x_s + n, n independent of x_s with
+    # variance s_t^2 - (a_t s_s / a_s)^2. Conditioning the Gaussian pair (x_s, x_t) on x_t:
+    # c_xt = Cov(x_s, x_t) / Var(x_t) = (a_t / a_s) s_s^2 / s_t^2, the mean's x_0 part is
+    # a_s x_0 - c_xt a_t x_0, and the variance is s_s^2 - c_xt^2 s_t^2. Written differently
+    # from the library, equal to a few roundings (1e-14 of the coefficients' size, 1).
+    (a_t, s_t), (a_s, s_s) = (
+        (float(v) for v in process.marginal(torch.tensor(u, dtype=torch.float64)))
+        if isinstance(u, float)
+        else (float(v) for v in process.marginal(u))
+        for u in (t, s)
+    )
+    c_xt = (a_t / a_s) * s_s**2 / s_t**2
+    expected = (a_s - c_xt * a_t, c_xt, s_s**2 - c_xt**2 * s_t**2)
+    got = posterior_coefficients(a_t, s_t, a_s, s_s)
+    for value, reference in zip(got, expected, strict=True):
+        assert type(value) is float and math.isclose(value, reference, rel_tol=0, abs_tol=1e-14)
+    # Tensors give the same numbers.
+    values = (a_t, s_t, a_s, s_s)
+    tensors = posterior_coefficients(*(torch.tensor([v], dtype=torch.float64) for v in values))
+    for value, number in zip(tensors, got, strict=True):
+        assert value.dtype == torch.float64 and value.item() == number
+    if a_t == 0:  # zero SNR: x_t says nothing about x_s beyond the prior N(a_s x_0, s_s^2)
+        assert got == (a_s, 0.0, s_s**2)
+
+
+@pytest.mark.parametrize("t", [1, 2, 500, 1000])
+def test_q_posterior_is_the_posterior_coefficients_of_adjacent_steps(t):
+    # Ho et al. (2020), Eq. 7, written with betas and alpha_bars, against the one posterior.
+    schedule = linear_schedule(1000)
+    alpha_bars, beta, alpha = schedule.alpha_bars, schedule.betas[t - 1], schedule.alphas[t - 1]
+    c_x0 = alpha_bars[t - 1].sqrt() * beta / (1 - alpha_bars[t])
+    c_xt = alpha.sqrt() * (1 - alpha_bars[t - 1]) / (1 - alpha_bars[t])
+    beta_tilde = (1 - alpha_bars[t - 1]) / (1 - alpha_bars[t]) * beta
+    x0, x_t = torch.tensor([[0.8, -0.3]], dtype=torch.float64), torch.tensor([[1.5, 0.2]])
+    mean, variance = q_posterior(schedule, x0, x_t.double(), t)
+    # 1 - alpha_bar carries eps / (1 - alpha_bar_t) relative: at most 2e-12 at t = 1.
+    torch.testing.assert_close(mean, c_x0 * x0 + c_xt * x_t.double(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(variance, beta_tilde.reshape(()), rtol=1e-10, atol=1e-15)
 
 
 # --- Euler-Maruyama for the continuous processes --------------------------------------------
