@@ -159,6 +159,12 @@ def test_guidance_rejects_bad_arguments(exact):
             samplers.classifier_free_guidance(exact, weight, 0, NULL)
     with pytest.raises(ValueError, match="label must be one or more integers >= 0"):
         samplers.classifier_free_guidance(exact, 2.0, -1, NULL)
+    with pytest.raises(ValueError, match=r"label must be one or more integers >= 0, got \[0, -1\]"):
+        samplers.classifier_free_guidance(exact, 2.0, torch.tensor([0, -1]), NULL)
+    with pytest.raises(TypeError, match="label must be an int or an integer tensor, got bool"):
+        samplers.classifier_free_guidance(exact, 2.0, True, NULL)
+    with pytest.raises(TypeError, match="weight must be a number, got bool"):
+        samplers.classifier_free_guidance(exact, True, 0, NULL)
 
 
 def test_exact_conditional_denoiser_refuses_labels_outside_its_classes(exact):
