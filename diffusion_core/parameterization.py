@@ -215,7 +215,8 @@ class Denoiser:
     def affine(self, x: torch.Tensor, point, *cond) -> tuple[torch.Tensor, float, float]:
         """(out, a, b) with x0_hat = a x + b out, out = ``net(x, point.t, *cond)`` as it is."""
         out = self.net(x, point.t, *cond)
-        _copy_check("x", x, "net(x, t)", out)
+        if type(out) is not torch.Tensor or out.shape != x.shape or not out.is_floating_point():
+            _copy_check("x", x, "net(x, t)", out)  # raises the message that fits
         scale, std = point.scale, point.std
         if self.prediction == "x0":
             return out, 0.0, 1.0

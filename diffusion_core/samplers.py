@@ -186,19 +186,45 @@ def apply_steps(steps, model, x, points, noise, callback, dtype, shift=None):
     for i, step in enumerate(steps):
         d = _evaluate(model, x, points[i], dtype) if d_next is None else d_next
         z = noise(x) if step.predict.noise != 0 else None
-        x_new, d_next = _combine(step.predict, x, d, d_prev, z), None
-        if step.correct is not None:
-            d_new = _evaluate(model, x_new, points[i + 1], dtype)
-            # x_new may be overwritten unless the model saw it itself or D' is kept for later
-            private = dtype != F64 and not step.reuse
-            x_new = _combine(step.correct, x, d, d_prev, None, x_new, d_new, in_place=private)
-            d_next = d_new if step.reuse else None
+        predicted = _terms(step.predict, x, d, d_prev, z)
+        if step.correct is None:
+            x_new, d_next = _total(predicted), None
+        else:
+            x_new, d_next = _correct(step, model, points[i + 1], dtype, x, d, d_prev, predicted)
         x, d_prev = x_new, d
         if shift is not None:
             x = x + shift(i)
         if callback is not None:
-            callback(i, x, _sum(d))
+            callback(i, x, _x0_hat(d))
     return x
+
+
+def _correct(step: Step, model, point, dtype, x, d, d_prev, predicted) -> tuple:
+    """A corrector: the prediction x_pred (the sum of the ``predicted`` terms), D' = D(x_pred) at
+    ``point``, and x_{i+1} = ``step.correct``; returns x_{i+1} and D' if the next step reuses it.
+
+    The combination is written with x_pred as it is, or, where that takes fewer tensor
+    operations, with x_pred replaced by the predictor's own terms (the same sum in exact
+    arithmetic): Heun's corrector on an eps network then takes three, not four.
+    """
+    x_pred = _total(predicted)
+    d_pred = _evaluate(model, x_pred, point, dtype)
+    terms = _terms(step.correct, x, d, d_prev, None, x_pred, d_pred)
+    # x_pred is the loop's own temporary unless the model saw it itself or D' is kept for later
+    target = x_pred if dtype != F64 and not step.reuse else None
+    expanded, c_pred, in_place = [], 0.0, False
+    for c, v in terms:
+        if v is x_pred:
+            c_pred, in_place = c, target is not None and c == 1
+        else:
+            expanded.append([c, v])
+    for k, v in predicted:
+        _add_term(expanded, c_pred * k, v)
+    expanded = [term for term in expanded if term[0] != 0]
+    d_next = d_pred if step.reuse else None
+    if len(expanded) < len(terms) - in_place:
+        return _total(expanded, target), d_next
+    return _total(terms, target), d_next
 
 
 def _evaluate(model, x: torch.Tensor, point: GridPoint, dtype: torch.dtype) -> tuple:
@@ -214,50 +240,69 @@ def _evaluate(model, x: torch.Tensor, point: GridPoint, dtype: torch.dtype) -> t
     return ((a, x), (b, out))
 
 
-def _combine(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None, in_place=False) -> torch.Tensor:
+def _terms(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None) -> list:
     """The linear combination ``u`` of x, the denoiser terms d, d_prev and d_pred (see
-    :func:`_evaluate`), the noise z and x_pred, into a float64 tensor: the coefficients of one
-    tensor are summed first, then one multiply and one fused multiply-add per tensor. With
-    ``in_place`` the result is accumulated in x_pred itself (a temporary of the loop's own that
-    nothing else holds), which saves an allocation."""
-    coefficients, tensors = [], []
-    sources = ((u.d, d), (u.x, x), (u.d_prev, d_prev), (u.noise, z), (u.x_pred, x_pred))
-    for c, parts in (*sources, (u.d_pred, d_pred)):
-        if c == 0:
-            continue
-        for k, v in ((1.0, parts),) if type(parts) is torch.Tensor else parts:
-            for j, w in enumerate(tensors):
-                if w is v:
-                    coefficients[j] += c * k
-                    break
-            else:
-                coefficients.append(c * k)
-                tensors.append(v)
-    # Start from a float64 tensor with a non-zero coefficient, so that the sum is float64.
-    first = next(
-        (
-            j
-            for j, (c, v) in enumerate(zip(coefficients, tensors, strict=True))
-            if c != 0 and v.dtype == F64
-        ),
-        None,
-    )
+    :func:`_evaluate`), the noise z and x_pred, as a list of [coefficient, tensor] with one
+    entry per distinct tensor (the coefficients of one tensor summed) and none that is zero."""
+    terms = []
+    if u.d != 0:
+        for k, v in d:
+            _add_term(terms, u.d * k, v)
+    if u.x != 0:
+        _add_term(terms, u.x, x)
+    if u.d_prev != 0:
+        for k, v in d_prev:
+            _add_term(terms, u.d_prev * k, v)
+    if u.noise != 0:
+        _add_term(terms, u.noise, z)
+    if u.x_pred != 0:
+        _add_term(terms, u.x_pred, x_pred)
+    if u.d_pred != 0:
+        for k, v in d_pred:
+            _add_term(terms, u.d_pred * k, v)
+    return [term for term in terms if term[0] != 0]
+
+
+def _x0_hat(d: tuple) -> torch.Tensor:
+    """x0_hat in float64 from its terms (see :func:`_evaluate`)."""
+    return _total(_terms(Update(d=1.0), None, d, None, None))
+
+
+def _add_term(terms: list, c: float, v: torch.Tensor) -> None:
+    for term in terms:
+        if term[1] is v:
+            term[0] += c
+            return
+    terms.append([c, v])
+
+
+def _total(terms: list, target: torch.Tensor | None = None) -> torch.Tensor:
+    """The float64 sum of the terms: one multiply, then one fused multiply-add per further
+    tensor. The sum starts from ``target`` if it is one of the terms, else from a float64
+    tensor, so that it is float64. ``target``, a float64 temporary of the loop's own that
+    nothing else holds, receives the sum in its memory, which saves an allocation."""
+    first = None
+    for j, (_, v) in enumerate(terms):
+        if v is target:
+            first = j
+            break
+        if first is None and v.dtype == F64:
+            first = j
     if first is None:
-        c, v = next((c, v) for c, v in zip(coefficients, tensors, strict=True) if c != 0)
-        out, first = v.to(F64).mul_(c), tensors.index(v)
-    elif in_place and tensors[first] is x_pred:
-        out = x_pred if coefficients[first] == 1 else x_pred.mul_(coefficients[first])
+        first, (c, v) = 0, terms[0]
+        out = v.to(F64).mul_(c)
     else:
-        out = coefficients[first] * tensors[first]
-    for j, (c, v) in enumerate(zip(coefficients, tensors, strict=True)):
-        if j != first and c != 0:
+        c, v = terms[first]
+        if v is target:
+            out = v if c == 1 else v.mul_(c)
+        elif target is not None:
+            out = torch.mul(v, c, out=target)
+        else:
+            out = v.mul(c)
+    for j, (c, v) in enumerate(terms):
+        if j != first:
             out.add_(v, alpha=c)
     return out
-
-
-def _sum(d: tuple) -> torch.Tensor:
-    """x0_hat in float64 from its terms (see :func:`_evaluate`)."""
-    return _combine(Update(d=1.0), None, d, None, None)
 
 
 def _check_grid(grid) -> None:
@@ -376,15 +421,13 @@ def heun_steps(grid: TimeGrid) -> list[Step]:
     """Euler's step to x_E, then x' = x_E + r (D - D'), r = scale' (sigma' - sigma) / (2 sigma'),
     with D' the denoiser at the Euler point; an Euler step alone onto sigma' = 0 and from
     sigma = inf (derivation in :func:`heun`)."""
-    _check_grid(grid)
-    a, sigma = grid.scale.tolist(), grid.sigma.tolist()
-    steps = []
-    for i, euler_step in enumerate(euler_steps(grid)):
-        if not (math.isfinite(sigma[i]) and sigma[i + 1] > 0):
-            steps.append(euler_step)
-            continue
-        r = a[i + 1] * (sigma[i + 1] - sigma[i]) / (2 * sigma[i + 1])
-        steps.append(Step(euler_step.predict, Update(x_pred=1.0, d=r, d_pred=-r)))
+    steps = euler_steps(grid)
+    points = grid.points
+    for i in range(grid.steps):
+        sigma, sigma_next = points[i].sigma, points[i + 1].sigma
+        if math.isfinite(sigma) and sigma_next > 0:
+            r = points[i + 1].scale * (sigma_next - sigma) / (2 * sigma_next)
+            steps[i] = Step(steps[i].predict, Update(x_pred=1.0, d=r, d_pred=-r))
     return steps
 
 
@@ -470,7 +513,7 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
     for i, step in enumerate(predictor):
         d = _evaluate(model, x, points[i], dtype)
         z = noise(x) if step.predict.noise != 0 else None
-        x = _combine(step.predict, x, d, None, z)
+        x = _total(_terms(step.predict, x, d, None, z))
         a, sigma = points[i + 1].scale, points[i + 1].sigma
         for _ in range(corrector_steps if points[i + 1].std > 0 else 0):
             y = x / a
@@ -479,7 +522,7 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
             e = 2 * (snr * _rms_norm(z) / _rms_norm(g)) ** 2
             x = a * (y + e * g + (2 * e).sqrt() * z)
         if callback is not None:
-            callback(i, x, _sum(d))
+            callback(i, x, _x0_hat(d))
     return x.to(dtype)
 
 

@@ -35,6 +35,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -81,8 +82,7 @@ GRID_SPACINGS = ("uniform", "karras", "log_snr")
 # --- the time grid --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GridPoint:
+class GridPoint(NamedTuple):
     """One point of a :class:`TimeGrid`, what a sampler hands its denoiser: ``model(x, point)``.
 
     ``t`` is the model time (a 0-d tensor, as the network was trained on it); ``scale`` and
@@ -139,27 +139,30 @@ class TimeGrid:
             raise ValueError(
                 f"t must be 1-D with at least 2 points (one step), got {tuple(t.shape)}"
             )
-        if t.is_floating_point():
-            check_float("t", t)
-        scale = check_float("scale", self.scale).to(torch.float64)
-        std = check_float("std", self.std).to(device=scale.device, dtype=torch.float64)
+        scale = _float64_tensor("scale", self.scale)
+        std = _float64_tensor("std", self.std).to(scale.device)
         for name, value in (("scale", scale), ("std", std)):
             if value.shape != t.shape:
                 raise ValueError(
                     f"{name} must have the shape of t, {tuple(t.shape)}, got {tuple(value.shape)}"
                 )
-            if bool((value < 0).any()):
+        # The values are checked on the host, as Python floats, each array read once.
+        a, s, times = scale.tolist(), std.tolist(), t.tolist()
+        for name, value in (("t", times), ("scale", a), ("std", s)):
+            if not all(map(math.isfinite, value)):
+                raise ValueError(f"{name} must be finite, but it contains NaN or infinity")
+            if name != "t" and min(value) < 0:
                 raise ValueError(f"{name} must be >= 0 at every grid point")
-        if bool((t[1:] >= t[:-1]).any()):
+        if any(times[i + 1] >= times[i] for i in range(len(times) - 1)):
             raise ValueError("t must be strictly decreasing: a grid runs from noisy to clean")
-        if not bool((scale[1:] * std[:-1] > scale[:-1] * std[1:]).all()):
+        if not all(a[i + 1] * s[i] > a[i] * s[i + 1] for i in range(len(a) - 1)):
             raise ValueError(
                 "the grid's SNR scale^2 / std^2 must increase strictly from each point to the "
                 "next (only the first point may have scale = 0, only the last std = 0)"
             )
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "std", std)
-        points = tuple(map(GridPoint, t.unbind(), scale.tolist(), std.tolist()))
+        points = tuple(map(GridPoint, t.unbind(), a, s))
         object.__setattr__(self, "points", points)
 
     def __getitem__(self, index):
@@ -184,6 +187,15 @@ class TimeGrid:
     def log_snr(self) -> torch.Tensor:
         """lambda = log(scale / std) (-inf at scale = 0, +inf at std = 0)."""
         return self.scale.log() - self.std.log()
+
+
+def _float64_tensor(name: str, x) -> torch.Tensor:
+    """A floating-point tensor, as float64 (its values are checked by the caller)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x.to(torch.float64)
 
 
 # --- the process protocol -------------------------------------------------------------------
