@@ -40,7 +40,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from diffusion_core import distributed, metrics
+from diffusion_core import checkpoints, distributed, metrics
 from diffusion_core import train as training
 from diffusion_core._validation import check_float, check_labels, check_positive_int
 from diffusion_core.losses import DiffusionLoss, Objective
@@ -50,7 +50,6 @@ from diffusion_core.train import RunConfig, TrainConfig, TrainResult
 
 __all__ = [
     "CACHE_ENV",
-    "CHECKPOINT_FORMAT",
     "DIGITS_MODELS",
     "IMAGE_SHAPE",
     "NUM_CLASSES",
@@ -74,7 +73,6 @@ __all__ = [
 IMAGE_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 CACHE_ENV = "DIFFUSION_CACHE"
-CHECKPOINT_FORMAT = 1
 
 
 # ------------------------------------------------------------------------------------- data
@@ -253,15 +251,17 @@ def digits_classifier(
             key.update(inspect.getsource(code).encode())
     for tensor in (split.train_images, split.train_labels):
         key.update(tensor.contiguous().numpy().tobytes())
-    path = _cache_dir(cache_dir) / f"digits_classifier_{key.hexdigest()[:16]}.pt"
+    path = _cache_dir(cache_dir) / f"digits_classifier_{key.hexdigest()[:16]}.safetensors"
     classifier = DigitsClassifier()
     if path.is_file():
-        with contextlib.suppress(Exception):  # an unreadable cache is retrained below
-            classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        # a damaged cache file (caught by its SHA-256) is retrained and overwritten below
+        with contextlib.suppress(ValueError, RuntimeError, KeyError, OSError):
+            state = checkpoints.load(path, checkpoints.DIGITS_CLASSIFIER)
+            classifier.load_state_dict(state["weights"])
             return classifier.eval().requires_grad_(False)
     classifier = train_classifier(split.train_images, split.train_labels).net
-    with contextlib.suppress(OSError):
-        training.save_checkpoint(path, classifier.state_dict())  # atomic write
+    with contextlib.suppress(OSError):  # atomic write
+        checkpoints.save(path, {"weights": classifier.state_dict()}, checkpoints.DIGITS_CLASSIFIER)
     return classifier
 
 
@@ -405,14 +405,19 @@ def build_net(net_config: dict) -> UNet:
 def load_digits_model(path: str | os.PathLike) -> tuple[UNet, dict]:
     """The EMA network of a checkpoint written by ``scripts/train_digits.py``, and its metadata.
 
-    Read with ``torch.load(weights_only=True)`` (data only, never code). The network is in eval
-    mode without gradients; the metadata holds everything in the file except the weights.
+    The file is a :mod:`diffusion_core.checkpoints` checkpoint of kind "digits_model" (data
+    only, never code, verified by SHA-256): a ``ValueError`` naming the file if it is not one
+    or is damaged. The network is in eval mode without gradients; the metadata holds
+    everything in the file except the weights.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a digits checkpoint of format {CHECKPOINT_FORMAT}")
-    with torch.random.fork_rng(devices=[]):
-        net = build_net(state["net"])
-    net.load_state_dict(state["ema"])
+    state = checkpoints.load(path, checkpoints.DIGITS_MODEL)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = build_net(state["net"])
+        net.load_state_dict(state["ema"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise checkpoints.CheckpointError(
+            f"{path} is a digits model checkpoint whose net or weights do not fit ({err})"
+        ) from None
     metadata = {key: value for key, value in state.items() if key != "ema"}
     return net.eval().requires_grad_(False), metadata

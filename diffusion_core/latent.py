@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_core import distributed
+from diffusion_core import checkpoints, distributed
 from diffusion_core._validation import check_labels, check_number, check_positive_int
 from diffusion_core.autoencoder import (
     AutoencoderConfig,
@@ -50,7 +50,6 @@ from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, drop_prompt
 from diffusion_core.train import RunConfig, TrainConfig, TrainResult, train
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "LatentConfig",
     "LatentDiffusion",
     "LatentDiffusionLoss",
@@ -58,8 +57,6 @@ __all__ = [
     "load_latent_model",
     "train_latent_diffusion",
 ]
-
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class LatentConfig:
         )
 
     def to_dict(self) -> dict:
-        """Plain Python data (lists, ints, floats), fit for ``torch.load(weights_only=True)``."""
+        """Plain Python data (lists, ints, floats), the JSON record of a checkpoint."""
         state = asdict(self)
         state["channels"] = list(self.channels)
         return state
@@ -306,19 +303,22 @@ def generate(
     return (images, z) if return_latents else images
 
 
-def load_latent_model(path) -> tuple[LatentDiffusion, dict]:
+def load_latent_model(path: str | os.PathLike) -> tuple[LatentDiffusion, dict]:
     """The model of a checkpoint written by ``scripts/train_latent.py``, and its metadata.
 
-    Read with ``torch.load(weights_only=True)`` (data only, never code); the model is in eval
-    mode without gradients, the metadata is everything in the file but the weights.
+    The file is a :mod:`diffusion_core.checkpoints` checkpoint of kind "latent_model" (data
+    only, never code, verified by SHA-256): a ``ValueError`` naming the file if it is not one
+    or is damaged. The model is in eval mode without gradients, the metadata is everything in
+    the file but the weights.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a latent diffusion checkpoint of format {CHECKPOINT_FORMAT}"
-        )
-    with torch.random.fork_rng(devices=[]):
-        model = LatentDiffusion(LatentConfig(**state["config"]))
-    model.load_state_dict(state["weights"])
+    state = checkpoints.load(path, checkpoints.LATENT_MODEL)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = LatentDiffusion(LatentConfig(**state["config"]))
+        model.load_state_dict(state["weights"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise checkpoints.CheckpointError(
+            f"{path} is a latent model checkpoint whose config or weights do not fit ({err})"
+        ) from None
     metadata = {key: value for key, value in state.items() if key != "weights"}
     return model.eval().requires_grad_(False), metadata

@@ -16,6 +16,13 @@ objectives are :class:`diffusion_core.losses.DiffusionLoss` (denoisers),
 :class:`diffusion_core.images.ClassifierLoss` (the digits classifier); the base class
 :class:`diffusion_core.losses.Objective` says what one must do.
 
+Checkpoints. A checkpoint is a :mod:`diffusion_core.checkpoints` file of kind "training_state":
+the weights, the EMA, the optimizer's state and the generators' states as safetensors tensors,
+the step, the settings and the losses so far (a float64 tensor), verified by SHA-256 when read.
+:func:`save_checkpoint` writes one atomically; :func:`load_checkpoint` reads it back or raises
+one ``ValueError`` naming the file (truncated, corrupted, another kind, an old ``torch.save``
+file).
+
 Two configurations. :class:`TrainConfig` is what is computed: steps, minibatch, optimiser,
 learning-rate schedule (constant, or the half cosine of Loshchilov & Hutter 2017), EMA, seed.
 :class:`RunConfig` is how it runs: logging, checkpoints, mixed precision, compilation. A run
@@ -48,7 +55,9 @@ what DDP and ``torch.compile`` wrap.
 No per-step synchronisation. Each step's loss stays on the device; the losses are read back to
 the host together every ``run.log_every`` steps, at checkpoints and at the end, so a GPU runs
 ahead of the Python loop instead of waiting for it at every step. A read-back that finds a
-non-finite loss stops the run with an error (the run diverged), before any checkpoint of it.
+non-finite loss stops the run with a ``FloatingPointError`` naming the first such step (the
+run diverged). Every checkpoint is preceded by a read-back and a check that the weights are
+finite, and so is the end of the run: no checkpoint and no result ever holds a diverged model.
 
 Quiet by default. The progress bar (tqdm, on stderr) shows only when asked for or when stderr is
 a terminal and the environment variable ``DIFFUSION_PROGRESS`` is not ``"0"``; nothing else is
@@ -57,13 +66,11 @@ printed, so notebook outputs stay deterministic.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,14 +78,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from diffusion_core import distributed
+from diffusion_core import checkpoints, distributed
 from diffusion_core._validation import check_float, check_labels, check_number, check_positive_int
 from diffusion_core.device import autocast_context, get_device, maybe_compile, tf32_context
 from diffusion_core.losses import Objective
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "LR_SCHEDULES",
+    "MAX_BATCH_SIZE",
+    "MAX_STEPS",
     "PROGRESS_ENV",
     "RunConfig",
     "TrainConfig",
@@ -92,7 +100,8 @@ __all__ = [
 ]
 
 PROGRESS_ENV = "DIFFUSION_PROGRESS"
-CHECKPOINT_FORMAT = 2
+MAX_STEPS = 100_000_000  # optimizer steps of one run (and log and checkpoint intervals)
+MAX_BATCH_SIZE = 1_048_576  # samples per minibatch
 LR_SCHEDULES = ("constant", "cosine")
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -102,9 +111,11 @@ class TrainConfig:
     """What :func:`train` computes; every value is checked when the config is made.
 
     Attributes:
-        steps: total number of optimizer steps (a resumed run counts the steps already done).
-        batch_size: samples per minibatch, drawn with replacement.
-        lr, weight_decay: AdamW's learning rate (> 0) and decoupled weight decay (>= 0).
+        steps: total number of optimizer steps, 1..MAX_STEPS (10**8; a resumed run counts the
+            steps already done).
+        batch_size: samples per minibatch, drawn with replacement, 1..MAX_BATCH_SIZE (2**20).
+        lr, weight_decay: AdamW's learning rate (finite, > 0) and decoupled weight decay
+            (finite, >= 0).
         lr_schedule: "constant", or "cosine": lr_k = lr (1 + cos(pi k / steps)) / 2 at step
             k = 0..steps-1 (:func:`learning_rate_at`).
         grad_clip: maximum global gradient norm (> 0), or None for no clipping.
@@ -126,11 +137,11 @@ class TrainConfig:
     shared_generator: bool = False
 
     def __post_init__(self):
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("steps", self.steps, maximum=MAX_STEPS)
+        check_positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
         check_number("lr", self.lr, 0.0, low_open=True, high_open=True)
         check_number("weight_decay", self.weight_decay, 0.0, high_open=True)
-        if self.lr_schedule not in LR_SCHEDULES:
+        if not isinstance(self.lr_schedule, str) or self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.grad_clip is not None:
             check_number("grad_clip", self.grad_clip, 0.0, low_open=True, high_open=True)
@@ -146,8 +157,10 @@ class RunConfig:
 
     Attributes:
         log_every: the progress bar shows the mean loss of the last ``log_every`` steps, and
-            the losses are read back (and checked to be finite) every that many steps.
-        checkpoint_every: save a checkpoint every that many steps (0: only at the end).
+            the losses are read back (and checked to be finite) every that many steps
+            (1..MAX_STEPS).
+        checkpoint_every: save a checkpoint every that many steps (0: only at the end;
+            0..MAX_STEPS).
         checkpoint_path: where checkpoints go (None: no checkpoints).
         mixed_precision: on CUDA, bfloat16 autocast for the objective and TF32 for float32
             matrix products; False trains in full float32 with TF32 off. The global TF32 flags
@@ -162,8 +175,8 @@ class RunConfig:
     compile: bool = False
 
     def __post_init__(self):
-        check_positive_int("log_every", self.log_every)
-        check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_positive_int("log_every", self.log_every, maximum=MAX_STEPS)
+        check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0, maximum=MAX_STEPS)
         path = self.checkpoint_path
         if path is not None and not isinstance(path, str | os.PathLike):
             raise TypeError(f"checkpoint_path must be a path or None, got {type(path).__name__}")
@@ -215,7 +228,16 @@ def learning_rate_at(config: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * net, parameter by parameter; buffers are copied."""
+    """ema <- decay * ema + (1 - decay) * net, parameter by parameter; buffers are copied.
+
+    ``decay`` must be a finite number in [0, 1] (0 copies the net, 1 keeps the average): a NaN
+    would silently turn every averaged weight into NaN.
+    """
+    if not isinstance(ema, nn.Module):
+        raise TypeError(f"ema must be a torch.nn.Module, got {type(ema).__name__}")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    decay = check_number("decay", decay, 0.0, 1.0)
     for averaged, current in zip(ema.parameters(), net.parameters(), strict=True):
         averaged.lerp_(current, 1.0 - decay)
     for averaged, current in zip(ema.buffers(), net.buffers(), strict=True):
@@ -246,7 +268,8 @@ def train(
     the same config and objective (see the module docstring); training continues from its step
     up to ``config.steps`` exactly as the uninterrupted run would.
 
-    Raises ``FloatingPointError`` when a loss is not finite (the run diverged).
+    Raises ``FloatingPointError`` when a loss or, at a checkpoint or the end, a weight is not
+    finite (the run diverged); the message names the first non-finite step.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -259,6 +282,11 @@ def train(
     if not isinstance(run, RunConfig):
         raise TypeError(f"run must be a RunConfig or None, got {type(run).__name__}")
     labels = None if labels is None else check_labels("labels", labels, data.shape[0]).cpu()
+    if resume_from is not None and not isinstance(resume_from, str | os.PathLike):
+        raise TypeError(
+            f"resume_from must be a path (str or os.PathLike) or None, got "
+            f"{type(resume_from).__name__}"
+        )
     show = _show_progress(progress) and distributed.is_main_process()
     device = device if isinstance(device, torch.device) else get_device(device)
     with tf32_context(device, run.mixed_precision):
@@ -292,7 +320,7 @@ def _start(net, objective, config, resume_from) -> _State:
         trajectory=_trajectory(config, objective),
     )
     if resume_from is not None:
-        _restore(load_checkpoint(resume_from), state, config.steps)
+        _restore(load_checkpoint(resume_from), state, config.steps, resume_from)
     return state
 
 
@@ -305,11 +333,13 @@ def _loop(model, data, labels, objective, config, run, state, show) -> None:
             bar.update(1)
             checkpoint = _checkpoint_due(run, state.step, config.steps)
             if state.step % run.log_every == 0 or checkpoint or state.step == config.steps:
-                state.losses += _read_back(pending, len(state.losses))
+                state.losses += _read_back(pending, len(state.losses), config)
                 pending = []
             if state.step % run.log_every == 0:
                 recent = state.losses[-run.log_every :]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+            if checkpoint or state.step == config.steps:
+                _check_weights(state, config)
             if checkpoint:
                 save_checkpoint(run.checkpoint_path, _checkpoint(state))
 
@@ -335,16 +365,38 @@ def _step(model, data, labels, objective, config, run, state) -> torch.Tensor:
     return distributed.average(loss.detach())
 
 
-def _read_back(pending: list[torch.Tensor], done: int) -> list[float]:
+def _read_back(pending: list[torch.Tensor], done: int, config: TrainConfig) -> list[float]:
     """The pending losses as floats, in one transfer; a non-finite one stops the run."""
     values = torch.stack(pending).tolist()
     for offset, value in enumerate(values):
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"training diverged: the loss of step {done + offset + 1} is {value}; stopped "
-                "without writing a checkpoint of it (try a smaller lr or a grad_clip)"
+                f"training diverged: the loss of step {done + offset + 1} is {value}; "
+                f"{_divergence_hint(config)}"
             )
     return values
+
+
+def _check_weights(state: _State, config: TrainConfig) -> None:
+    """Stop if a weight of the net or the EMA is not finite (a step can overflow the weights
+    while its own loss, computed before the step, was finite); one read-back for all."""
+    modules = [module for module in (state.net, state.ema) if module is not None]
+    flags = [
+        torch.isfinite(p).all() for m in modules for p in m.parameters() if p.is_floating_point()
+    ]
+    if flags and not bool(torch.stack(flags).all()):
+        raise FloatingPointError(
+            f"training diverged: the weights are not finite after step {state.step}; "
+            f"{_divergence_hint(config)}"
+        )
+
+
+def _divergence_hint(config: TrainConfig) -> str:
+    clip = "no gradient clipping" if config.grad_clip is None else f"grad_clip={config.grad_clip}"
+    return (
+        f"the likely cause is a learning rate too large (lr={config.lr:g}, {clip}): try a "
+        "smaller lr or a grad_clip. Stopped without writing a checkpoint of it"
+    )
 
 
 def _ema_copy(net: nn.Module) -> nn.Module:
@@ -411,11 +463,11 @@ def _trajectory(config: TrainConfig, objective: Objective) -> dict:
 
 
 def _checkpoint(state: _State) -> dict:
-    """Everything a resumed run needs, as tensors, dicts, lists, numbers and strings only."""
+    """Everything a resumed run needs: tensors (the losses too, a float64 tensor, so that they
+    come back bit for bit), dicts, lists, numbers and strings."""
     return {
-        "format": CHECKPOINT_FORMAT,
         "step": state.step,
-        "losses": list(state.losses),
+        "losses": torch.tensor(state.losses, dtype=torch.float64),
         "net": state.net.state_dict(),
         "ema": None if state.ema is None else state.ema.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -424,69 +476,43 @@ def _checkpoint(state: _State) -> dict:
     }
 
 
-def _restore(saved, state: _State, steps: int) -> None:
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"resume_from is not a checkpoint of format {CHECKPOINT_FORMAT}")
-    for part, current in state.trajectory.items():
-        written = saved["trajectory"][part]
-        for name in [*current, *(name for name in written if name not in current)]:
-            if written.get(name) != current.get(name):
-                raise ValueError(
-                    f"resume_from was written with {name}={written.get(name)!r}, but {part} has "
-                    f"{name}={current.get(name)!r}; a resumed run must use the same settings"
-                )
-    if saved["step"] > steps:
-        raise ValueError(f"resume_from is at step {saved['step']}, past config.steps = {steps}")
-    state.net.load_state_dict(saved["net"])
-    if state.ema is not None:
-        state.ema.load_state_dict(saved["ema"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    for name, generator in state.generators.items():
-        generator.set_state(saved["generators"][name])
-    state.step, state.losses = saved["step"], list(saved["losses"])
+def _restore(saved: dict, state: _State, steps: int, path) -> None:
+    """Put the checkpoint ``saved`` (read from ``path``) into ``state``, after checking that
+    it was written with the same settings."""
+    try:
+        for part, current in state.trajectory.items():
+            written = saved["trajectory"][part]
+            for name in [*current, *(name for name in written if name not in current)]:
+                if written.get(name) != current.get(name):
+                    raise ValueError(
+                        f"resume_from was written with {name}={written.get(name)!r}, but {part} "
+                        f"has {name}={current.get(name)!r}; a resumed run must use the same "
+                        "settings"
+                    )
+        if saved["step"] > steps:
+            raise ValueError(f"resume_from is at step {saved['step']}, past config.steps = {steps}")
+        state.net.load_state_dict(saved["net"])
+        if state.ema is not None:
+            state.ema.load_state_dict(saved["ema"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        for name, generator in state.generators.items():
+            generator.set_state(saved["generators"][name])
+        state.step, state.losses = saved["step"], saved["losses"].tolist()
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        raise checkpoints.CheckpointError(
+            f"{path} is a training state that does not fit this net, optimizer or config ({err})"
+        ) from None
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: the file is either the old one or the new one.
-
-    The state goes to a temporary file in the same directory, which is flushed and fsync-ed
-    and then renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows). If
-    anything fails, the temporary file is removed and an existing checkpoint stays as it was.
-    """
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    if not isinstance(state, dict):
-        raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    path = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-    _fsync_directory(directory)
+    """Write the training state ``state`` to ``path`` atomically, as a checkpoint of kind
+    "training_state" (:func:`diffusion_core.checkpoints.save`): the file is either the old one
+    or the new one, and temporary files left by a killed save of it are removed."""
+    checkpoints.save(path, state, checkpoints.TRAINING_STATE)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)``: data only, never code."""
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX; Windows cannot open a directory)."""
-    if os.name != "posix":
-        return
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The training state at ``path`` (:func:`diffusion_core.checkpoints.load`): data only,
+    never code, verified by its SHA-256; a ``ValueError`` naming the file if it is not a
+    training state that reads back intact."""
+    return checkpoints.load(path, checkpoints.TRAINING_STATE)

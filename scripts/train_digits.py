@@ -1,7 +1,7 @@
 """Train one of the book's digits denoisers and write its checkpoint (EMA weights only).
 
-    python scripts/train_digits.py unconditional    # -> checkpoints/digits_unconditional.pt
-    python scripts/train_digits.py conditional      # -> checkpoints/digits_conditional.pt
+    python scripts/train_digits.py unconditional  # -> checkpoints/digits_unconditional.safetensors
+    python scripts/train_digits.py conditional    # -> checkpoints/digits_conditional.safetensors
 
 The settings are those of ``diffusion_core.images.DIGITS_MODELS``: a small U-Net trained with
 the simple eps-loss on the training split of the scikit-learn digits, under DDPM's linear
@@ -22,22 +22,22 @@ import time
 
 import torch
 
+from diffusion_core import checkpoints
 from diffusion_core.device import seed_everything
 from diffusion_core.images import (
-    CHECKPOINT_FORMAT,
     DIGITS_MODELS,
     build_net,
     digits_recipe,
     load_digits_split,
 )
 from diffusion_core.nets import count_parameters
-from diffusion_core.train import save_checkpoint, train
+from diffusion_core.train import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def default_path(name: str) -> pathlib.Path:
-    return ROOT / "checkpoints" / f"digits_{name}.pt"
+    return ROOT / "checkpoints" / f"digits_{name}.safetensors"
 
 
 def train_model(name: str, steps: int | None = None, progress: bool = False) -> dict:
@@ -63,7 +63,6 @@ def train_model(name: str, steps: int | None = None, progress: bool = False) -> 
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
-        "format": CHECKPOINT_FORMAT,
         "name": name,
         "net": spec["net"],
         "train": settings,
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     args = parser.parse_args(argv)
     state = train_model(args.name, args.steps, args.progress)
     path = args.out if args.out is not None else default_path(args.name)
-    save_checkpoint(path, state)
+    checkpoints.save(path, state, checkpoints.DIGITS_MODEL)
     print(
         f"{path}: {state['parameters']:,} parameters, {len(state['losses'])} steps, "
         f"{state['train_seconds']:.0f} s",

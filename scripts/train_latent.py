@@ -1,6 +1,6 @@
 """Train the book's miniature Stable Diffusion and write its checkpoint.
 
-    python scripts/train_latent.py                 # -> checkpoints/latent_digits.pt
+    python scripts/train_latent.py                 # -> checkpoints/latent_digits.safetensors
 
 The settings are the defaults of ``diffusion_core.latent.LatentConfig``: a ConvVAE with a 2x4x4
 latent, then a text-conditioned U-Net and a small text encoder trained together on the scaled
@@ -24,14 +24,14 @@ import time
 
 import torch
 
+from diffusion_core import checkpoints
 from diffusion_core.device import seed_everything
 from diffusion_core.images import load_digits_split
-from diffusion_core.latent import CHECKPOINT_FORMAT, LatentConfig, train_latent_diffusion
+from diffusion_core.latent import LatentConfig, train_latent_diffusion
 from diffusion_core.nets import count_parameters
-from diffusion_core.train import save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_PATH = ROOT / "checkpoints" / "latent_digits.pt"
+DEFAULT_PATH = ROOT / "checkpoints" / "latent_digits.safetensors"
 DEFAULT_CONFIG = LatentConfig()
 
 
@@ -43,7 +43,6 @@ def train_model(config: LatentConfig = DEFAULT_CONFIG) -> dict:
     result = train_latent_diffusion(split.train_images, split.train_labels, config)
     seconds, model = time.perf_counter() - start, result.ema
     return {
-        "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "seed": config.seed,
         "data": {"test_fraction": 0.2, "seed": 0, "train_size": len(split.train_images)},
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         seed=args.seed,
     )
     state = train_model(config)
-    save_checkpoint(args.out, state)
+    checkpoints.save(args.out, state, checkpoints.LATENT_MODEL)
     print(
         f"{args.out}: {sum(state['parameters'].values()):,} parameters, "
         f"{len(state['losses'])} steps, {state['train_seconds']:.0f} s",

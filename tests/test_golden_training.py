@@ -95,7 +95,7 @@ def test_class_conditional_run_is_as_recorded(mixture):
 def test_resumed_run_is_as_recorded(mixture):
     objective = DiffusionLoss(linear_schedule(100), **LOSS)
     with tempfile.TemporaryDirectory() as directory:
-        run = RunConfig(checkpoint_path=pathlib.Path(directory) / "run.pt")
+        run = RunConfig(checkpoint_path=pathlib.Path(directory) / "run.safetensors")
         config = TrainConfig(**(SETTINGS | {"steps": 20}), **CLIPPED)
         train(tiny_mlp(), mixture[0], objective, config, run=run, progress=False)
         net = tiny_mlp(seed=99)
@@ -148,11 +148,11 @@ def test_committed_checkpoints_give_the_recorded_outputs():
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(4, 1, 8, 8, generator=generator)
     t, labels = torch.tensor([1, 250, 600, 1000]), torch.tensor([0, 3, 7, 10])
-    net, _ = images.load_digits_model(ROOT / "checkpoints" / "digits_unconditional.pt")
+    net, _ = images.load_digits_model(ROOT / "checkpoints" / "digits_unconditional.safetensors")
     assert torch.equal(net(x, t), GOLDEN["checkpoint/digits_unconditional"])
-    net, _ = images.load_digits_model(ROOT / "checkpoints" / "digits_conditional.pt")
+    net, _ = images.load_digits_model(ROOT / "checkpoints" / "digits_conditional.safetensors")
     assert torch.equal(net(x, t, labels), GOLDEN["checkpoint/digits_conditional"])
-    model, _ = load_latent_model(ROOT / "checkpoints" / "latent_digits.pt")
+    model, _ = load_latent_model(ROOT / "checkpoints" / "latent_digits.safetensors")
     z = torch.randn(3, 2, 4, 4, generator=generator)
     context, mask = model.encode_prompts(["a thin seven", "2", ""])
     eps = model.eps(z, torch.tensor([5, 400, 999]), context, mask)

@@ -13,9 +13,8 @@ import pathlib
 import pytest
 import torch
 
-from diffusion_core import images, metrics
+from diffusion_core import checkpoints, images, metrics
 from diffusion_core.nets import UNet
-from diffusion_core.train import save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -113,7 +112,7 @@ def test_digits_recipe_splits_the_settings_between_objective_and_config():
 
 def test_cached_classifier_equals_the_trained_one(classifier, split, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "cache0"  # the classifier fixture's cache
-    files = list(cache.glob("digits_classifier_*.pt"))
+    files = list(cache.glob("digits_classifier_*.safetensors"))
     assert len(files) == 1
     loaded = images.digits_classifier(split, cache_dir=cache)
     for a, b in zip(loaded.state_dict().values(), classifier.state_dict().values(), strict=True):
@@ -221,23 +220,27 @@ def test_load_digits_model_round_trip(tmp_path):
     torch.manual_seed(0)
     spec = {"channels": [8, 16], "blocks": 1, "attention": True, "num_classes": 10}
     net = images.build_net(spec)
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, {"format": 1, "net": spec, "ema": net.state_dict(), "seed": 4})
+    path = tmp_path / "model.safetensors"
+    checkpoints.save(path, {"net": spec, "ema": net.state_dict(), "seed": 4}, "digits_model")
     loaded, metadata = images.load_digits_model(path)
     assert isinstance(loaded, UNet) and loaded.null_label == 10
-    assert metadata == {"format": 1, "net": spec, "seed": 4}
+    assert metadata == {"net": spec, "seed": 4}
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    save_checkpoint(path, {"format": 99})
-    with pytest.raises(ValueError, match="format"):
+    checkpoints.save(path, {"net": spec}, "digits_model")
+    with pytest.raises(ValueError, match="model.safetensors is a digits model checkpoint whose"):
+        images.load_digits_model(path)
+    checkpoints.save(path, {"weights": net.state_dict()}, "digits_classifier")
+    with pytest.raises(ValueError, match="model.safetensors holds the digits classifier"):
         images.load_digits_model(path)
 
 
 def test_training_script_is_reproducible_bit_for_bit(tmp_path):
     script = load_script()
-    first = script.main(["conditional", "--steps", "3", "--out", str(tmp_path / "a.pt")])
-    second = script.main(["conditional", "--steps", "3", "--out", str(tmp_path / "b.pt")])
-    a, b = (torch.load(path, weights_only=True) for path in (first, second))
+    out = [str(tmp_path / f"{name}.safetensors") for name in "ab"]
+    first = script.main(["conditional", "--steps", "3", "--out", out[0]])
+    second = script.main(["conditional", "--steps", "3", "--out", out[1]])
+    a, b = (checkpoints.load(path, "digits_model") for path in (first, second))
     assert a["ema"].keys() == b["ema"].keys()
     for name in a["ema"]:
         assert torch.equal(a["ema"][name], b["ema"][name]), name
@@ -245,13 +248,14 @@ def test_training_script_is_reproducible_bit_for_bit(tmp_path):
     assert a["train"]["steps"] == 3 and a["train"]["label_dropout"] > 0
     # ... and its first steps are those of the committed run (bit for bit on the machine that
     # trained it; another CPU may round its convolutions differently in the last bits)
-    committed = torch.load(ROOT / "checkpoints/digits_conditional.pt", weights_only=True)
+    committed_path = ROOT / "checkpoints" / "digits_conditional.safetensors"
+    committed = checkpoints.load(committed_path, "digits_model")
     torch.testing.assert_close(a["losses"], committed["losses"][:3], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(images.DIGITS_MODELS))
 def test_committed_checkpoint_records_the_script_settings(name):
-    path = ROOT / "checkpoints" / f"digits_{name}.pt"
+    path = ROOT / "checkpoints" / f"digits_{name}.safetensors"
     net, metadata = images.load_digits_model(path)
     spec = images.DIGITS_MODELS[name]
     assert metadata["name"] == name

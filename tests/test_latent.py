@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+from diffusion_core import checkpoints
 from diffusion_core.forward import q_sample
 from diffusion_core.images import accuracy, digits_classifier
 from diffusion_core.latent import (
@@ -30,7 +31,7 @@ from diffusion_core.nets import CrossAttention, TextUNet
 from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, make_prompts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "checkpoints" / "latent_digits.pt"
+CHECKPOINT = ROOT / "checkpoints" / "latent_digits.safetensors"
 sys.path.insert(0, str(ROOT / "scripts"))
 import train_latent  # noqa: E402
 
@@ -138,11 +139,11 @@ def _tiny_run(out: pathlib.Path) -> dict:
     command = [sys.executable, str(ROOT / "scripts" / "train_latent.py"), "--steps", "3"]
     command += ["--autoencoder-steps", "2", "--seed", "5", "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
-    return torch.load(out, map_location="cpu", weights_only=True)
+    return checkpoints.load(out, checkpoints.LATENT_MODEL)
 
 
 def test_training_script_is_bitwise_reproducible(tmp_path):
-    first, second = _tiny_run(tmp_path / "a.pt"), _tiny_run(tmp_path / "b.pt")
+    first, second = _tiny_run(tmp_path / "a.safetensors"), _tiny_run(tmp_path / "b.safetensors")
     assert first["seed"] == second["seed"] == 5
     assert first["config"] == second["config"]
     assert first["weights"].keys() == second["weights"].keys()
@@ -153,7 +154,7 @@ def test_training_script_is_bitwise_reproducible(tmp_path):
 
 def test_committed_checkpoint_matches_the_script_and_loads_as_data():
     assert CHECKPOINT.stat().st_size < 3 * 2**20
-    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+    state = checkpoints.load(CHECKPOINT, checkpoints.LATENT_MODEL)
     assert state["config"] == train_latent.DEFAULT_CONFIG.to_dict()
     assert state["seed"] == train_latent.DEFAULT_CONFIG.seed
     assert dataclasses.asdict(LatentConfig(**state["config"])) == dataclasses.asdict(
