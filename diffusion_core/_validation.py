@@ -8,14 +8,18 @@ allowed range. Silent NaNs and accidental broadcasting are the bugs these checks
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 __all__ = [
+    "MAX_COUNT",
     "as_tensor",
     "check_batch",
+    "check_callable",
     "check_finite",
     "check_float",
+    "check_increasing",
     "check_labels",
     "check_number",
     "check_positive_int",
@@ -73,14 +77,37 @@ def check_timesteps(name: str, t, T: int) -> torch.Tensor:
     return t.to(torch.int64)
 
 
-def check_positive_int(name: str, n, minimum: int = 1, maximum: int | None = None) -> int:
-    """A Python integer in ``minimum..maximum``."""
+MAX_COUNT = 1_000_000
+"""The largest count (of steps, samples, repeats, layers ...) a function accepts unless it
+says otherwise: a larger one would run for hours or exhaust memory instead of failing."""
+
+
+def check_positive_int(name: str, n, minimum: int = 1, maximum: int | None = MAX_COUNT) -> int:
+    """A Python integer in ``minimum..maximum`` (``maximum=None``: no upper bound, for seeds and
+    other values that are not counts)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    upper = "" if maximum is None else f"..{maximum}"
-    if n < minimum or (maximum is not None and n > maximum):
-        raise ValueError(f"{name} must be in {minimum}{upper or '..'}, got {n}")
+    if n < minimum:
+        raise ValueError(f"{name} must be in {minimum}.., got {n}")
+    if maximum is not None and n > maximum:
+        raise ValueError(f"{name} must be in {minimum}..{maximum}, got {n}")
     return n
+
+
+def check_callable(name: str, value, signature: str) -> Callable:
+    """A callable; the message says how it will be called (``signature``)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable as {signature}, got {type(value).__name__}")
+    return value
+
+
+def check_increasing(
+    low_name: str, low, high_name: str, high, minimum: float = 0.0, maximum: float = math.inf
+) -> tuple[float, float]:
+    """Two finite numbers with minimum < low < high <= maximum (a range such as sigma_min,
+    sigma_max), as Python floats."""
+    low = check_number(low_name, low, minimum, maximum, low_open=True, high_open=True)
+    return low, check_number(high_name, high, low, maximum, low_open=True)
 
 
 def check_shape(name: str, shape) -> tuple[int, ...]:

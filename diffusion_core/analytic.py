@@ -31,7 +31,13 @@ import math
 
 import torch
 
-from diffusion_core._validation import as_tensor, check_finite, check_float, check_positive_int
+from diffusion_core._validation import (
+    as_tensor,
+    check_finite,
+    check_float,
+    check_number,
+    check_positive_int,
+)
 
 __all__ = [
     "GaussianMixture",
@@ -42,6 +48,8 @@ __all__ = [
 
 _WEIGHT_SUM_TOL = 1e-6
 _SYMMETRY_RTOL = 1e-6
+MAX_LEVEL = 1e150  # the largest scale, std or radius accepted: its square must stay finite
+MAX_COMPONENTS = 10_000
 
 
 class GaussianMixture:
@@ -198,16 +206,14 @@ class GaussianMixture:
         Evaluated as log-sum-exp over components, so that points far from every component give
         a large negative number rather than -inf.
         """
-        log_joint, _, _ = self._log_joint(x, scale, std)
-        return torch.logsumexp(log_joint, dim=1)
+        return torch.logsumexp(self._log_joint(x, scale, std)[0], dim=1)
 
     def responsibilities(self, x: torch.Tensor, scale, std) -> torch.Tensor:
         """Posterior component probabilities P(k | x_t = x), shape (n, K); rows sum to 1.
 
         r_k(x) = w_k N(x; scale mu_k, C_k) / sum_j w_j N(x; scale mu_j, C_j) (Bayes' rule).
         """
-        log_joint, _, _ = self._log_joint(x, scale, std)
-        return torch.softmax(log_joint, dim=1)
+        return self._responsibilities(*self._log_joint(x, scale, std))[0]
 
     def score(self, x: torch.Tensor, scale, std) -> torch.Tensor:
         """The score grad_x log p_t(x), shape (n, d).
@@ -215,8 +221,7 @@ class GaussianMixture:
         Differentiating (1): grad log p_t(x) = -sum_k r_k(x) C_k^{-1} (x - scale mu_k), with
         C_k = scale^2 Sigma_k + std^2 I and C_k^{-1} = U_k diag(1 / (scale^2 lam_k + std^2)) U_k^T.
         """
-        log_joint, z, var = self._log_joint(x, scale, std)
-        r = torch.softmax(log_joint, dim=1)
+        r, z, var = self._responsibilities(*self._log_joint(x, scale, std))
         eigvecs = self._eigvecs.to(r.device)
         return -torch.einsum("nk,kij,nkj->ni", r, eigvecs, z / var)
 
@@ -232,8 +237,7 @@ class GaussianMixture:
         which needs no division by ``scale``: at scale = 0 (zero terminal SNR) the noisy input
         carries no information and the result is the data mean.
         """
-        log_joint, z, var = self._log_joint(x, scale, std)
-        r = torch.softmax(log_joint, dim=1)
+        r, z, var = self._responsibilities(*self._log_joint(x, scale, std))
         _, means, eigvals, eigvecs = self._parameters(x.device)
         scale = _noise_level("scale", scale, x.shape[0], x.device)
         gain = torch.einsum("nk,kij,nkj->ni", r, eigvecs, eigvals * z / var)
@@ -262,6 +266,22 @@ class GaussianMixture:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (n, {self.dim}), got {tuple(x.shape)}")
         return x.to(torch.float64)
+
+    @staticmethod
+    def _responsibilities(log_joint, z, var):
+        """softmax(log_joint) over the components, with (z, var) passed through.
+
+        Far from every component (|x| ~ 1e154 and beyond) each squared distance z^2 / var
+        overflows and every log-density is -inf, so the softmax would be 0 / 0. The limit is
+        then a certainty for the component nearest in Mahalanobis distance, found from the
+        distances scaled down by their common largest coordinate."""
+        r = torch.softmax(log_joint, dim=1)
+        w = z / var.sqrt()
+        largest = w.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1.0)
+        nearest = ((w / largest) ** 2).sum(-1).argmin(dim=1)
+        lost = ~torch.isfinite(log_joint.amax(dim=1, keepdim=True))
+        certain = torch.nn.functional.one_hot(nearest, r.shape[1]).to(r.dtype)
+        return torch.where(lost, certain, r), z, var
 
     def _log_joint(self, x, scale, std):
         """log(w_k N(x; scale mu_k, C_k)) of shape (n, K), with the eigenbasis terms it uses.
@@ -295,6 +315,8 @@ def _noise_level(name: str, value, n: int, device: torch.device) -> torch.Tensor
     per sample).
     """
     value = check_finite(name, as_tensor(name, value, torch.float64))
+    if bool((value > MAX_LEVEL).any()):
+        raise ValueError(f"{name} must be at most {MAX_LEVEL:g} (its square must stay finite)")
     if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != n):
         raise ValueError(
             f"{name} must be a number, a 0-d tensor or a tensor of shape ({n},) "
@@ -322,8 +344,8 @@ def gaussian(mean, cov) -> GaussianMixture:
     """A single Gaussian N(mean, cov) as a one-component mixture; mean (d,), cov (d, d)."""
     mean = as_tensor("mean", mean, torch.float64)
     cov = as_tensor("cov", cov, torch.float64)
-    if mean.ndim != 1:
-        raise ValueError(f"mean must have shape (d,), got {tuple(mean.shape)}")
+    if mean.ndim != 1 or mean.shape[0] < 1:
+        raise ValueError(f"mean must have shape (d,) with d >= 1, got {tuple(mean.shape)}")
     if cov.shape != (mean.shape[0], mean.shape[0]):
         d = mean.shape[0]
         raise ValueError(f"cov must have shape (d, d) = ({d}, {d}), got {tuple(cov.shape)}")
@@ -337,7 +359,9 @@ def ring_mixture(n_components: int = 8, radius: float = 4.0, std: float = 0.5) -
     2 radius sin(pi / K) = 3.06 apart, about six standard deviations: the modes are well
     separated, the classic test of mode coverage.
     """
-    n_components = check_positive_int("n_components", n_components)
+    n_components = check_positive_int("n_components", n_components, maximum=MAX_COMPONENTS)
+    radius = check_number("radius", radius, 0, MAX_LEVEL)
+    std = check_number("std", std, 0, MAX_LEVEL, low_open=True)
     angles = 2 * math.pi * torch.arange(n_components, dtype=torch.float64) / n_components
     means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
     weights = torch.full((n_components,), 1.0 / n_components, dtype=torch.float64)

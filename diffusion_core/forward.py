@@ -12,13 +12,18 @@ import math
 import torch
 
 from diffusion_core._validation import (
+    MAX_COUNT,
+    as_tensor,
     check_batch,
+    check_finite,
     check_float,
+    check_number,
     check_positive_int,
     check_timesteps,
+    check_torch_generator,
     per_sample,
 )
-from diffusion_core.schedules import Schedule
+from diffusion_core.schedules import VESDE, VPSDE, Schedule
 
 __all__ = [
     "posterior_coefficients",
@@ -91,6 +96,24 @@ def _step(beta: torch.Tensor, x_prev: torch.Tensor, noise: torch.Tensor) -> torc
     return x_t.to(x_prev.dtype)
 
 
+MAX_LEVEL = 1e150
+"""The largest scale, std or variance accepted: the square of anything larger overflows."""
+
+
+def _level(name: str, value):
+    """A scale or std: a number in [0, MAX_LEVEL] (as a float) or a finite tensor of them."""
+    if isinstance(value, torch.Tensor):
+        check_float(name, value)
+        if bool((value < 0).any()) or bool((value > MAX_LEVEL).any()):
+            raise ValueError(f"{name} must lie in [0, {MAX_LEVEL:g}]")
+        return value
+    return check_number(name, value, 0, MAX_LEVEL)
+
+
+def _any(condition) -> bool:
+    return bool(condition.any()) if isinstance(condition, torch.Tensor) else bool(condition)
+
+
 def posterior_coefficients(scale_t, std_t, scale_s, std_s):
     """(c_x0, c_xt, variance) of q(x_s | x_t, x_0) = N(c_x0 x_0 + c_xt x_t, variance) for any
     two times s < t of a process x = scale x_0 + std eps: the one place the posterior is written.
@@ -102,6 +125,14 @@ def posterior_coefficients(scale_t, std_t, scale_s, std_s):
     scale_t = 0. For adjacent steps of a VP chain these are Ho et al. (2020), Eq. 6-7. Works on
     Python floats and on tensors alike.
     """
+    levels = {"scale_t": scale_t, "std_t": std_t, "scale_s": scale_s, "std_s": std_s}
+    scale_t, std_t, scale_s, std_s = (_level(name, value) for name, value in levels.items())
+    if _any(std_t <= 0) or _any(scale_s <= 0):
+        raise ValueError("std_t and scale_s must be > 0: the later time s is not pure noise")
+    if _any(scale_s * std_t < scale_t * std_s):
+        raise ValueError(
+            "s must be no noisier than t: need scale_s / std_s >= scale_t / std_t (SNR_s >= SNR_t)"
+        )
     c_xt = std_s**2 * scale_t / (scale_s * std_t**2)
     r = (std_s * scale_t / (scale_s * std_t)) ** 2
     variance = std_s**2 * (1.0 - r)
@@ -167,10 +198,12 @@ def simulate_sde(
     :class:`~diffusion_core.schedules.VPSDE` or :class:`~diffusion_core.schedules.VESDE`; the
     result should match ``sde.marginal(t_end)`` up to an O(h) error in the variance.
     """
+    if not isinstance(sde, VPSDE | VESDE):
+        raise TypeError(f"sde must be a VPSDE or a VESDE, got {type(sde).__name__}")
     check_float("x0", x0)
     check_positive_int("n_steps", n_steps)
-    if not 0 < t_end <= 1:
-        raise ValueError(f"t_end must lie in (0, 1], got {t_end}")
+    t_end = check_number("t_end", t_end, 0, 1, low_open=True)
+    check_torch_generator("generator", generator)
     h = t_end / n_steps
     x = x0.double()
     for k in range(n_steps):
@@ -251,6 +284,7 @@ def seed_article_equation_moments(
     v_t = (1 + beta_t)^2 v_{t-1} + beta_t (1 - beta_{t-1}), v_0 = data_variance. Both (T + 1,).
     """
     _check_schedule(schedule)
+    data_variance = check_number("data_variance", data_variance, 0, MAX_LEVEL)
     betas = schedule.betas
     betas_prev = torch.cat([betas.new_zeros(1), betas[:-1]])
     factor = torch.cat([betas.new_ones(1), torch.cumprod(1 + betas, 0)])
@@ -262,7 +296,11 @@ def seed_article_equation_moments(
 
 def seed_article_variance(steps, data_variance: float = 0.0) -> torch.Tensor:
     """Exact variance of :func:`seed_article_diffuse` after n steps: data_variance + n(n - 1)/2."""
-    n = torch.as_tensor(steps, dtype=torch.float64)
-    if bool((n < 0).any()):
-        raise ValueError("steps must be non-negative")
+    data_variance = check_number("data_variance", data_variance, 0, MAX_LEVEL)
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        steps = check_positive_int("steps", steps, minimum=0)
+    n = as_tensor("steps", steps, torch.float64)
+    check_finite("steps", n)
+    if bool((n < 0).any()) or bool((n > MAX_COUNT).any()) or not torch.equal(n, n.round()):
+        raise ValueError(f"steps must be whole numbers in 0..{MAX_COUNT}")
     return data_variance + n * (n - 1) / 2

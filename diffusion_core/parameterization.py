@@ -13,10 +13,13 @@ the noise eps (Ho et al. 2020), the clean data x0, the velocity v = scale * eps 
 For a variance-preserving process scale^2 + std^2 = 1 and the v formulas are Salimans & Ho's
 x0 = scale x - std v, eps = std x + scale v; the general form keeps them exact for any process.
 
-Where the conversion divides by zero it does so silently, because inspecting the values would
-need a host read on every call: recovering x0 from eps at scale = 0 (zero terminal SNR, where
-x_t holds no trace of the data: the lesson of Lin et al. 2024) and recovering eps or the score at
-std = 0 (clean data, where there is no noise). The results there are inf or NaN.
+Where a conversion divides by zero the answer is undefined: recovering x0 from eps at scale = 0
+(zero terminal SNR, where x_t holds no trace of the data: the lesson of Lin et al. 2024) and
+recovering eps or the score at std = 0 (clean data, where there is no noise). A ``scale`` or
+``std`` given as a Python number (what a grid point holds) is checked for free: it must be finite
+and non-negative, and non-zero where it divides, else ``ValueError``. Levels given as tensors
+are checked for type and shape only, because inspecting their values would need a host read on
+every call; there a division by zero gives inf or NaN.
 
 The samplers of :mod:`diffusion_core.samplers` see every model as a denoiser x0_hat =
 D(x, point) at a grid point: :func:`as_denoiser` wraps a network that predicts eps, x0 or v, and
@@ -34,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_core._validation import as_tensor, check_batch, per_sample
+from diffusion_core._validation import as_tensor, check_batch, check_number, per_sample
 from diffusion_core.analytic import GaussianMixture
 
 __all__ = [
@@ -88,16 +91,27 @@ def _copy_check(name_a: str, a, name_b: str, b) -> None:
         )
 
 
-def _level(name: str, value, like: torch.Tensor) -> torch.Tensor | float:
+def _level(name: str, value, like: torch.Tensor, divides: bool = False) -> torch.Tensor | float:
     """``scale`` or ``std``: a number, a 0-d tensor or one value per sample, shaped to broadcast.
-    A Python float (what a grid point holds) is used as it is, with no tensor made."""
-    if isinstance(value, float):
-        return value
+    A Python number (what a grid point holds) is checked (finite, >= 0, > 0 where the conversion
+    ``divides`` by it) and used as a float, with no tensor made."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return check_number(name, value, 0.0, low_open=divides)
     value = as_tensor(name, value)
     if not value.is_floating_point():
         value = value.to(torch.float64)
     check_batch(name, value, like.shape[0], "the batch size")
     return per_sample(value.to(device=like.device, dtype=torch.float64), like)
+
+
+def _levels(scale, std, like: torch.Tensor):
+    """``scale`` and ``std`` of a v conversion, which divides by scale^2 + std^2."""
+    scale, std = _level("scale", scale, like), _level("std", std, like)
+    if isinstance(scale, float) and isinstance(std, float) and scale == std == 0:
+        raise ValueError(
+            "scale and std must not both be 0 (the conversion divides by their squares)"
+        )
+    return scale, std
 
 
 # ------------------------------------------------------------------------- conversions
@@ -106,17 +120,17 @@ def _level(name: str, value, like: torch.Tensor) -> torch.Tensor | float:
 def x0_from_eps(x, eps, scale, std) -> torch.Tensor:
     """x0 = (x - std * eps) / scale, inverting x = scale x0 + std eps (Ho et al. 2020, Eq. 15).
 
-    Divides by ``scale``: inf or NaN at scale = 0 (zero terminal SNR), where eps carries no
+    Divides by ``scale``: undefined at scale = 0 (zero terminal SNR), where eps carries no
     information about x0.
     """
     x, eps = _pair("x", x, "eps", eps)
-    return (x - _level("std", std, x) * eps) / _level("scale", scale, x)
+    return (x - _level("std", std, x) * eps) / _level("scale", scale, x, divides=True)
 
 
 def eps_from_x0(x, x0, scale, std) -> torch.Tensor:
-    """eps = (x - scale * x0) / std. Divides by ``std``: inf or NaN at std = 0 (clean data)."""
+    """eps = (x - scale * x0) / std. Divides by ``std``: undefined at std = 0 (clean data)."""
     x, x0 = _pair("x", x, "x0", x0)
-    return (x - _level("scale", scale, x) * x0) / _level("std", std, x)
+    return (x - _level("scale", scale, x) * x0) / _level("std", std, x, divides=True)
 
 
 def v_from_eps_x0(eps, x0, scale, std) -> torch.Tensor:
@@ -132,24 +146,24 @@ def x0_from_v(x, v, scale, std) -> torch.Tensor:
     Finite whenever scale and std are not both zero: v-prediction works at zero terminal SNR.
     """
     x, v = _pair("x", x, "v", v)
-    scale, std = _level("scale", scale, x), _level("std", std, x)
+    scale, std = _levels(scale, std, x)
     return (scale * x - std * v) / (scale**2 + std**2)
 
 
 def eps_from_v(x, v, scale, std) -> torch.Tensor:
     """eps = (std * x + scale * v) / (scale^2 + std^2); = std x + scale v for a VP process."""
     x, v = _pair("x", x, "v", v)
-    scale, std = _level("scale", scale, x), _level("std", std, x)
+    scale, std = _levels(scale, std, x)
     return (std * x + scale * v) / (scale**2 + std**2)
 
 
 def score_from_eps(eps, std) -> torch.Tensor:
     """score = grad log p_t(x) = -E[eps | x_t] / std (Tweedie; Song et al. 2021, Eq. 4 ff.).
 
-    Divides by ``std``: inf or NaN at std = 0.
+    Divides by ``std``: undefined at std = 0.
     """
     eps = _tensor("eps", eps)
-    return -eps / _level("std", std, eps)
+    return -eps / _level("std", std, eps, divides=True)
 
 
 def eps_from_score(score, std) -> torch.Tensor:

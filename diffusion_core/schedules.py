@@ -41,7 +41,9 @@ import torch
 
 from diffusion_core._validation import (
     as_tensor,
+    check_callable,
     check_float,
+    check_increasing,
     check_number,
     check_positive_int,
     check_timesteps,
@@ -76,6 +78,7 @@ __all__ = [
 ]
 
 SPACINGS = ("leading", "trailing", "linspace")
+MAX_RHO = 100.0  # Karras et al.'s rho is 7; far beyond 100, sigma^(1 / rho) rounds to 1
 GRID_SPACINGS = ("uniform", "karras", "log_snr")
 
 
@@ -250,6 +253,7 @@ class Process(ABC):
         t_min = self.t_min if t_min is None else check_number("t_min", t_min, 0, t_max)
         if not 0 < t_min <= t_max:
             raise ValueError(f"need 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
+        rho = check_number("rho", rho, 0, MAX_RHO, low_open=True)
         t = self._noisy_times(steps, spacing, float(t_max), float(t_min), rho)
         t = torch.cat([t, t.new_zeros(1)])
         return TimeGrid(t, *self.marginal(t))
@@ -471,7 +475,9 @@ def betas_from_alpha_bar_fn(
     beta_t = min(1 - alpha_bar(t / T) / alpha_bar((t - 1) / T), max_beta). The clip keeps the
     last steps, where alpha_bar reaches 0, from having beta = 1 (Nichol & Dhariwal 2021, Sec. 3.2).
     """
+    check_callable("alpha_bar_fn", alpha_bar_fn, "alpha_bar_fn(u) -> alpha_bar")
     check_positive_int("T", T)
+    check_number("max_beta", max_beta, 0, 1, low_open=True)
     u = torch.linspace(0.0, 1.0, T + 1, dtype=torch.float64)
     alpha_bar = alpha_bar_fn(u)
     betas = 1.0 - alpha_bar[1:] / alpha_bar[:-1]
@@ -550,11 +556,7 @@ class VPSDE(Process):
     t_max = 1.0
 
     def __post_init__(self):
-        if not 0 < self.beta_min < self.beta_max:
-            raise ValueError(
-                f"need 0 < beta_min < beta_max, got beta_min={self.beta_min}, "
-                f"beta_max={self.beta_max}"
-            )
+        check_increasing("beta_min", self.beta_min, "beta_max", self.beta_max)
         check_number("t_min", self.t_min, 0, 1, low_open=True, high_open=True)
 
     def beta(self, t) -> torch.Tensor:
@@ -605,11 +607,7 @@ class VESDE(Process):
     t_max = 1.0
 
     def __post_init__(self):
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(
-                f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
-                f"sigma_max={self.sigma_max}"
-            )
+        check_increasing("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
         check_number("t_min", self.t_min, 0, 1, low_open=True, high_open=True)
 
     def sigma(self, t) -> torch.Tensor:
@@ -651,11 +649,7 @@ class EDM(Process):
     default_spacing = "karras"
 
     def __post_init__(self):
-        if not 0 < self.sigma_min < self.sigma_max < math.inf:
-            raise ValueError(
-                f"need 0 < sigma_min < sigma_max < inf, got sigma_min={self.sigma_min}, "
-                f"sigma_max={self.sigma_max}"
-            )
+        check_increasing("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
 
     @property
     def t_max(self) -> float:
@@ -779,10 +773,8 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     Karras et al. (2022), Eq. 5. Returns a decreasing float64 tensor of length n (no final zero).
     """
     check_positive_int("n", n, minimum=2)
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    if not rho > 0:
-        raise ValueError(f"rho must be positive, got {rho}")
+    sigma_min, sigma_max = check_increasing("sigma_min", sigma_min, "sigma_max", sigma_max)
+    rho = check_number("rho", rho, 0, MAX_RHO, low_open=True)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     inv_rho_min, inv_rho_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** rho

@@ -116,9 +116,23 @@ def test_scalar_and_zero_dim_levels_broadcast_and_results_are_float64():
 
 def test_documented_division_by_zero():
     x0, eps = draws(3, 4, shape=(2,))
-    # eps cannot give x0 at scale = 0, nor x0 give eps at std = 0: inf or NaN, as documented.
-    assert not bool(torch.isfinite(x0_from_eps(eps, eps, 0.0, 1.0)).all())
-    assert not bool(torch.isfinite(eps_from_x0(x0, x0 + 1, 1.0, 0.0)).all())
+    # eps cannot give x0 at scale = 0, nor x0 give eps or the score at std = 0: a level given
+    # as a number is refused there; a level given as a tensor is not inspected (no host read),
+    # and the division gives inf or NaN, as documented.
+    with pytest.raises(ValueError, match=r"scale must be a finite number in \(0, inf\]"):
+        x0_from_eps(eps, eps, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"std must be a finite number in \(0, inf\]"):
+        eps_from_x0(x0, x0 + 1, 1.0, 0)
+    with pytest.raises(ValueError, match=r"std must be a finite number in \(0, inf\]"):
+        score_from_eps(eps, 0.0)
+    with pytest.raises(ValueError, match="scale and std must not both be 0"):
+        x0_from_v(eps, x0, 0.0, 0.0)
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="std must be a finite number in"):
+            x0_from_eps(eps, eps, 0.5, bad)
+    zero = torch.zeros(())
+    assert not bool(torch.isfinite(x0_from_eps(eps, eps, zero, 1.0)).all())
+    assert not bool(torch.isfinite(eps_from_x0(x0, x0 + 1, 1.0, zero)).all())
     # v stays usable at both ends.
     torch.testing.assert_close(x0_from_v(eps, -x0, 0.0, 1.0), x0, rtol=0, atol=TOL)
     torch.testing.assert_close(x0_from_v(x0, eps, 1.0, 0.0), x0, rtol=0, atol=TOL)
