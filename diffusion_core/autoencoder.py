@@ -66,10 +66,18 @@ from diffusion_core._validation import (
     check_torch_generator,
 )
 from diffusion_core.losses import Objective
-from diffusion_core.train import RunConfig, TrainConfig, TrainResult, train
+from diffusion_core.train import (
+    MAX_BATCH_SIZE,
+    MAX_STEPS,
+    RunConfig,
+    TrainConfig,
+    TrainResult,
+    train,
+)
 
 __all__ = [
     "LOGVAR_RANGE",
+    "MAX_CHANNELS",
     "AutoencoderConfig",
     "ConvVAE",
     "ELBOLoss",
@@ -82,6 +90,7 @@ __all__ = [
 ]
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the clamp of the latent diffusion code: exp stays finite
+MAX_CHANNELS = 4096  # the widest ConvVAE (image, hidden or latent channels) accepted
 
 
 class _ResidualBlock(nn.Module):
@@ -120,9 +129,13 @@ class ConvVAE(nn.Module):
 
     def __init__(self, image_channels: int = 1, channels: int = 16, latent_channels: int = 2):
         super().__init__()
-        self.image_channels = check_positive_int("image_channels", image_channels)
-        self.channels = check_positive_int("channels", channels)
-        self.latent_channels = check_positive_int("latent_channels", latent_channels)
+        self.image_channels = check_positive_int(
+            "image_channels", image_channels, maximum=MAX_CHANNELS
+        )
+        self.channels = check_positive_int("channels", channels, maximum=MAX_CHANNELS)
+        self.latent_channels = check_positive_int(
+            "latent_channels", latent_channels, maximum=MAX_CHANNELS
+        )
         wide = 2 * channels
         self.encoder = nn.Sequential(
             nn.Conv2d(image_channels, channels, 3, padding=1),
@@ -268,7 +281,7 @@ class ELBOLoss(Objective):
 
     def __post_init__(self):
         check_number("kl_weight", self.kl_weight, 0.0, high_open=True)
-        check_positive_int("latent_channels", self.latent_channels)
+        check_positive_int("latent_channels", self.latent_channels, maximum=MAX_CHANNELS)
 
     def __call__(self, net, x: torch.Tensor, labels, generator: torch.Generator):
         """The per-image loss of this process's shard of ``x``, shape (n / W,)."""
@@ -302,10 +315,10 @@ class AutoencoderConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_positive_int("channels", self.channels)
-        check_positive_int("latent_channels", self.latent_channels)
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("channels", self.channels, maximum=MAX_CHANNELS)
+        check_positive_int("latent_channels", self.latent_channels, maximum=MAX_CHANNELS)
+        check_positive_int("steps", self.steps, maximum=MAX_STEPS)
+        check_positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
         check_number("lr", self.lr, 0.0, low_open=True, high_open=True)
         check_number("weight_decay", self.weight_decay, 0.0, high_open=True)
         check_number("kl_weight", self.kl_weight, 0.0, high_open=True)
@@ -351,11 +364,10 @@ def train_autoencoder(
     config = AutoencoderConfig() if config is None else config
     if not isinstance(config, AutoencoderConfig):
         raise TypeError(f"config must be an AutoencoderConfig, got {type(config).__name__}")
-    _check_images("data", data)
-    if data.shape[0] < 1 or data.shape[-1] % 2 or data.shape[-2] % 2:
+    _check_images("data", data, minimum=1)
+    if data.shape[-1] % 2 or data.shape[-2] % 2:
         raise ValueError(f"data must have N >= 1 and even H and W, got {tuple(data.shape)}")
-    if bool((data.abs() > 1).any()):
-        raise ValueError("data must lie in [-1, 1] (digits: grey level / 8 - 1)")
+    _check_range("data", data)
     init_seed, draw_seed = np.random.SeedSequence(config.seed).generate_state(2, dtype=np.uint64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(init_seed))
@@ -389,11 +401,23 @@ def latent_scale_factor(
     z ~ q(z | x) if a ``generator`` is given (the same factor to about 1e-5 with the default
     kl_weight, the posterior being that narrow). The diffusion model then sees z * factor, and
     the decoder gets z_sample / factor.
+
+    ``data``: at least one image (n, C, H, W); latents with no spread (all equal) have no such
+    factor and are refused.
     """
     _check_model(model)
+    _check_images("data", data, model.image_channels, minimum=1)
+    if generator is not None:
+        check_torch_generator("generator", generator)
     mean, logvar = model.encode(data)
     latents = mean if generator is None else sample_latent(mean, logvar, generator)
-    return 1.0 / float(latents.double().std())
+    spread = float(latents.double().std()) if latents.numel() > 1 else 0.0
+    if not spread > 0:
+        raise ValueError(
+            f"data must give latents with a spread: their standard deviation is {spread} "
+            f"over {latents.numel()} entries, so 1 / std has no value"
+        )
+    return 1.0 / spread
 
 
 @torch.no_grad()
@@ -402,19 +426,35 @@ def reconstruction_metrics(model: ConvVAE, data: torch.Tensor) -> dict[str, floa
 
     mse = mean over all images and pixels of (x - x_hat)^2, and
     psnr = 10 log10(range^2 / mse) dB with range = 2, the peak-to-peak range of [-1, 1]
-    (the PSNR of the pooled error, not a mean of per-image PSNRs).
+    (the PSNR of the pooled error, not a mean of per-image PSNRs). ``data``: at least one
+    image (n, C, H, W), H and W even (the decoder's output is twice the latent's size), values
+    in [-1, 1].
     """
     _check_model(model)
+    _check_images("data", data, model.image_channels, minimum=1)
+    if data.shape[-1] % 2 or data.shape[-2] % 2:
+        raise ValueError(f"data must have even H and W, got {tuple(data.shape)}")
+    _check_range("data", data)
     error = (model(data).double() - data.double()).square().mean()
     mse = float(error)
     return {"mse": mse, "psnr": 10.0 * math.log10(4.0 / mse) if mse > 0 else math.inf}
 
 
-def _check_images(name: str, x, channels: int | None = None) -> None:
+def _check_images(name: str, x, channels: int | None = None, minimum: int = 0) -> None:
+    """A finite float tensor (n, C, H, W) with n >= ``minimum`` (C = ``channels`` if given)."""
     check_float(name, x)
-    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels) or x.shape[0] < minimum:
         wanted = "C" if channels is None else str(channels)
-        raise ValueError(f"{name} must have shape (n, {wanted}, H, W), got {tuple(x.shape)}")
+        least = f" with n >= {minimum}" if minimum else ""
+        raise ValueError(f"{name} must have shape (n, {wanted}, H, W){least}, got {tuple(x.shape)}")
+
+
+def _check_range(name: str, x: torch.Tensor) -> None:
+    if x.numel() and bool((x.abs() > 1).any()):
+        raise ValueError(
+            f"{name} must lie in [-1, 1] (digits: grey level / 8 - 1), got values in "
+            f"{float(x.min()):g}..{float(x.max()):g}"
+        )
 
 
 def _check_model(model) -> None:

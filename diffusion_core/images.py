@@ -42,7 +42,13 @@ from torch import nn
 
 from diffusion_core import checkpoints, distributed, metrics
 from diffusion_core import train as training
-from diffusion_core._validation import check_float, check_labels, check_positive_int
+from diffusion_core._validation import (
+    check_float,
+    check_labels,
+    check_number,
+    check_positive_int,
+    check_torch_generator,
+)
 from diffusion_core.losses import DiffusionLoss, Objective
 from diffusion_core.nets import UNet
 from diffusion_core.schedules import Schedule, linear_schedule
@@ -52,6 +58,7 @@ __all__ = [
     "CACHE_ENV",
     "DIGITS_MODELS",
     "IMAGE_SHAPE",
+    "MAX_REPEATS",
     "NUM_CLASSES",
     "ClassifierLoss",
     "DigitsClassifier",
@@ -73,6 +80,7 @@ __all__ = [
 IMAGE_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 CACHE_ENV = "DIFFUSION_CACHE"
+MAX_REPEATS = 1000  # subsets that real_floor draws at most
 
 
 # ------------------------------------------------------------------------------------- data
@@ -92,11 +100,11 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
     """The digits rescaled to [-1, 1] and split, stratified by class, with a fixed seed.
 
     With the defaults: 1437 training and 360 test images, each class within one image of its
-    share in both parts.
+    share in both parts. ``test_fraction`` is a finite number in (0, 1) that leaves at least
+    one image of each class on both sides; ``seed`` an int in 0..2**32 - 1.
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    check_positive_int("seed", seed, minimum=0)
+    check_number("test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    check_positive_int("seed", seed, minimum=0, maximum=2**32 - 1)
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     labels = torch.as_tensor(digits.target, dtype=torch.int64)
@@ -191,8 +199,11 @@ def train_classifier(
     it was) and the minibatches (drawn with replacement) from a generator seeded with it. The
     result's ``net`` is the classifier, in eval mode without gradients. ``run``, ``progress``
     and ``resume_from``: as for :func:`diffusion_core.train.train`.
+
+    ``images`` (n, 1, 8, 8) with n >= 1 and ``labels`` (n,) in 0..9 are checked before any
+    training; the other numbers as fields of :class:`~diffusion_core.train.TrainConfig`.
     """
-    images = check_float("images", images).float()
+    images = _check_images("images", images, minimum=1).float()
     labels = check_labels("labels", labels, images.shape[0], NUM_CLASSES)
     config = TrainConfig(
         steps=steps,
@@ -243,6 +254,10 @@ def digits_classifier(
     the classifier is returned all the same.
     """
     split = load_digits_split() if split is None else split
+    if not isinstance(split, DigitsSplit):
+        raise TypeError(f"split must be a DigitsSplit or None, got {type(split).__name__}")
+    if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
+        raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
     key = hashlib.sha256()
     key.update(json.dumps({**_CLASSIFIER_DEFAULTS, "torch": str(torch.__version__)}).encode())
     recipe = (DigitsClassifier, ClassifierLoss, train_classifier, training)
@@ -268,23 +283,34 @@ def digits_classifier(
 @torch.no_grad()
 def classifier_features(classifier: DigitsClassifier, images: torch.Tensor) -> torch.Tensor:
     """The classifier's feature vectors of ``images`` (n, 1, 8, 8), as float64 (n, 64)."""
+    _check_classifier(classifier)
     images = _check_images("images", images)
     return classifier.features(images.float()).double()
 
 
 @torch.no_grad()
 def accuracy(classifier: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The fraction of ``images`` that the classifier assigns to ``labels``."""
-    images = _check_images("images", images)
+    """The fraction of ``images`` (n, 1, 8, 8), n >= 1, that the classifier assigns to
+    ``labels``, an int tensor (n,) of classes 0..9."""
+    _check_classifier(classifier)
+    images = _check_images("images", images, minimum=1)
+    labels = check_labels("labels", labels, images.shape[0], NUM_CLASSES)
     predicted = classifier(images.float()).argmax(dim=1)
     return float((predicted == labels.to(predicted.device)).double().mean())
 
 
-def _check_images(name: str, images) -> torch.Tensor:
+def _check_images(name: str, images, minimum: int = 0) -> torch.Tensor:
+    """Finite float images (n, 1, 8, 8) with n >= ``minimum``."""
     images = check_float(name, images)
-    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise ValueError(f"{name} must have shape (n, 1, 8, 8), got {tuple(images.shape)}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE or len(images) < minimum:
+        least = f" with n >= {minimum}" if minimum else ""
+        raise ValueError(f"{name} must have shape (n, 1, 8, 8){least}, got {tuple(images.shape)}")
     return images
+
+
+def _check_classifier(classifier) -> None:
+    if not isinstance(classifier, DigitsClassifier):
+        raise TypeError(f"classifier must be a DigitsClassifier, got {type(classifier).__name__}")
 
 
 # ----------------------------------------------------------------------------------- scores
@@ -307,7 +333,12 @@ def image_scores(
 ) -> ImageScores:
     """Scores of ``images`` against ``reference`` images, both (n, 1, 8, 8), in the classifier's
     feature space: :func:`~diffusion_core.metrics.frechet_distance` and
-    :func:`~diffusion_core.metrics.knn_precision_recall` (real = ``reference``)."""
+    :func:`~diffusion_core.metrics.knn_precision_recall` (real = ``reference``). Each set
+    needs more than ``k`` images (and at least 2, for a covariance)."""
+    _check_classifier(classifier)
+    k = check_positive_int("k", k)
+    _check_images("images", images, minimum=max(2, k + 1))
+    _check_images("reference", reference, minimum=max(2, k + 1))
     fake = classifier_features(classifier, images)
     real = classifier_features(classifier, reference)
     precision, recall = metrics.knn_precision_recall(real, fake, k)
@@ -330,9 +361,14 @@ def real_floor(
     deviation of the scores over the subsets. A generator is judged by its distance to this
     floor, not to zero: even real images have FD > 0 from a finite test set.
     """
+    if not isinstance(split, DigitsSplit):
+        raise TypeError(f"split must be a DigitsSplit, got {type(split).__name__}")
+    _check_classifier(classifier)
+    k = check_positive_int("k", k)
     n = check_positive_int("n", n, minimum=k + 1, maximum=len(split.train_images))
-    repeats = check_positive_int("repeats", repeats, minimum=2)
+    repeats = check_positive_int("repeats", repeats, minimum=2, maximum=MAX_REPEATS)
     generator = torch.Generator().manual_seed(0) if generator is None else generator
+    check_torch_generator("generator", generator)
     runs = []
     for _ in range(repeats):
         subset = torch.randperm(len(split.train_images), generator=generator)[:n]
@@ -384,9 +420,11 @@ def digits_schedule() -> Schedule:
 
 def digits_recipe(settings: dict) -> tuple[DiffusionLoss, TrainConfig]:
     """The objective and the config of a ``"train"`` entry of :data:`DIGITS_MODELS` (or of a
-    checkpoint's record of it): the names that are fields of
+    checkpoint's record of it, a dict): the names that are fields of
     :class:`~diffusion_core.losses.DiffusionLoss` (under :func:`digits_schedule`) go to the
     objective, the others to :class:`~diffusion_core.train.TrainConfig`."""
+    if not isinstance(settings, dict):
+        raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
     loss_fields = {item.name for item in dataclasses.fields(DiffusionLoss)}
     objective = DiffusionLoss(
         digits_schedule(), **{k: v for k, v in settings.items() if k in loss_fields}
@@ -398,6 +436,8 @@ def digits_recipe(settings: dict) -> tuple[DiffusionLoss, TrainConfig]:
 def build_net(net_config: dict) -> UNet:
     """A :class:`~diffusion_core.nets.UNet` for 8x8 grey images from a ``"net"`` entry of
     :data:`DIGITS_MODELS` (its weights are drawn from the global random state)."""
+    if not isinstance(net_config, dict) or not isinstance(net_config.get("channels"), list | tuple):
+        raise TypeError(f"net_config must be a dict with a 'channels' list, got {net_config!r}")
     config = dict(net_config)
     return UNet(in_channels=1, channels=tuple(config.pop("channels")), **config)
 

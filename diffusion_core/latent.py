@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_core import checkpoints, distributed
-from diffusion_core._validation import check_labels, check_number, check_positive_int
+from diffusion_core._validation import (
+    check_float,
+    check_labels,
+    check_number,
+    check_positive_int,
+    check_torch_generator,
+)
 from diffusion_core.autoencoder import (
     AutoencoderConfig,
     ConvVAE,
@@ -46,10 +52,27 @@ from diffusion_core.nets import TextUNet
 from diffusion_core.parameterization import as_denoiser
 from diffusion_core.samplers import classifier_free_guidance, ddim, prior_sample
 from diffusion_core.schedules import Schedule, scaled_linear_schedule
-from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, drop_prompts, make_prompts
-from diffusion_core.train import RunConfig, TrainConfig, TrainResult, train
+from diffusion_core.text import (
+    MAX_PROMPTS,
+    MAX_WIDTH,
+    NULL_PROMPT,
+    TextEncoder,
+    Tokenizer,
+    drop_prompts,
+    make_prompts,
+)
+from diffusion_core.train import (
+    MAX_BATCH_SIZE,
+    MAX_STEPS,
+    RunConfig,
+    TrainConfig,
+    TrainResult,
+    train,
+)
 
 __all__ = [
+    "MAX_GUIDANCE",
+    "MAX_T",
     "LatentConfig",
     "LatentDiffusion",
     "LatentDiffusionLoss",
@@ -57,6 +80,11 @@ __all__ = [
     "load_latent_model",
     "train_latent_diffusion",
 ]
+
+
+MAX_T = 100_000  # the most diffusion steps of a LatentConfig's schedule
+MAX_GUIDANCE = 1000.0  # |w| beyond this overflows the guided prediction; useful w are 0..20
+_NUM_CLASSES = 10  # the digits' labels 0..9, what the prompts are written from
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,13 @@ class LatentConfig:
     each), ``prompt_dropout`` the probability of the empty prompt, an EMA of the weights with
     decay ``ema_decay``. The autoencoder is trained
     first with ``autoencoder_steps`` steps of :func:`~diffusion_core.autoencoder.train_autoencoder`.
+
+    Ranges: ``channels`` a non-empty tuple of ints in 1..65536; ``text_dim``, ``text_layers``,
+    ``heads`` in 1..65536 (``text_dim`` divisible by ``heads``); ``T`` in 1..100,000; ``steps``
+    and ``autoencoder_steps`` in 1..10**8, ``batch_size`` in 1..2**20
+    (:data:`~diffusion_core.train.MAX_STEPS`, :data:`~diffusion_core.train.MAX_BATCH_SIZE`);
+    ``lr`` finite > 0; ``prompt_dropout`` in [0, 1]; ``ema_decay`` in [0, 1); ``seed`` in
+    0..2**63 - 1.
     """
 
     channels: tuple[int, ...] = (32, 48)
@@ -86,10 +121,22 @@ class LatentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
-        for name in ("text_dim", "text_layers", "heads", "T", "steps", "batch_size"):
-            check_positive_int(name, getattr(self, name))
-        check_positive_int("autoencoder_steps", self.autoencoder_steps)
+        channels = self.channels
+        if isinstance(channels, str) or not isinstance(channels, tuple | list) or not channels:
+            raise TypeError(f"channels must be a non-empty tuple of ints, got {channels!r}")
+        for i, width in enumerate(channels):
+            check_positive_int(f"channels[{i}]", width, maximum=MAX_WIDTH)
+        object.__setattr__(self, "channels", tuple(channels))
+        for name in ("text_dim", "text_layers", "heads"):
+            check_positive_int(name, getattr(self, name), maximum=MAX_WIDTH)
+        if self.text_dim % self.heads:
+            raise ValueError(
+                f"text_dim must be divisible by heads ({self.heads}), got {self.text_dim}"
+            )
+        check_positive_int("T", self.T, maximum=MAX_T)
+        check_positive_int("steps", self.steps, maximum=MAX_STEPS)
+        check_positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        check_positive_int("autoencoder_steps", self.autoencoder_steps, maximum=MAX_STEPS)
         check_positive_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
         check_number("prompt_dropout", self.prompt_dropout, 0.0, 1.0)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
@@ -217,9 +264,10 @@ def train_latent_diffusion(
     resume_from: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a :class:`LatentDiffusion` on digit ``images`` (N, 1, 8, 8) in [-1, 1] with their
-    ``labels``; return the second stage's :class:`~diffusion_core.train.TrainResult`, whose
-    ``ema`` is the model to sample (EMA weights, eval mode, no gradients) and ``losses`` the
-    loss per step.
+    ``labels`` (N,) in 0..9 (both checked before anything is trained; N >= 2, so that the
+    latents have a spread); return the second stage's
+    :class:`~diffusion_core.train.TrainResult`, whose ``ema`` is the model to sample (EMA
+    weights, eval mode, no gradients) and ``losses`` the loss per step.
 
     Stage 1: the autoencoder (:func:`~diffusion_core.autoencoder.train_autoencoder`), then the
     scale factor 1 / std of its latents. Stage 2: :class:`LatentDiffusionLoss` on the scaled
@@ -234,7 +282,14 @@ def train_latent_diffusion(
     config = LatentConfig() if config is None else config
     if not isinstance(config, LatentConfig):
         raise TypeError(f"config must be a LatentConfig, got {type(config).__name__}")
-    labels = check_labels("labels", labels, images.shape[0] if images.ndim else None)
+    check_float("images", images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8) or images.shape[0] < 2:
+        raise ValueError(
+            f"images must have shape (N, 1, 8, 8) with N >= 2, got {tuple(images.shape)}"
+        )
+    if bool((images.abs() > 1).any()):
+        raise ValueError("images must lie in [-1, 1] (digits: grey level / 8 - 1)")
+    labels = check_labels("labels", labels, images.shape[0], _NUM_CLASSES)
     seeds = np.random.SeedSequence(config.seed).generate_state(3, dtype=np.uint64)
     vae_seed, init_seed, draw_seed = (int(seed) >> 1 for seed in seeds)  # < 2**63
     vae_config = AutoencoderConfig(steps=config.autoencoder_steps, seed=vae_seed)
@@ -273,7 +328,8 @@ def generate(
     sampler=ddim,
     return_latents: bool = False,
 ):
-    """Images (n, 1, 8, 8) for ``prompts`` (n strings): Stable Diffusion's sampling loop.
+    """Images (n, 1, 8, 8) for ``prompts`` (a list of n strings): Stable Diffusion's sampling
+    loop.
 
     z_T ~ N(0, std_T^2 I) (:func:`~diffusion_core.samplers.prior_sample`), then ``sampler``
     (DDIM by default) over ``steps`` trailing steps of the scaled-linear schedule, with the
@@ -281,13 +337,29 @@ def generate(
     (:func:`~diffusion_core.samplers.classifier_free_guidance`; w = 1 is the plain conditional
     model, w = 0 the unconditional one), and finally the decoder. The prompts are encoded once:
     the wrapper's integer labels index the n prompts, label n is the empty prompt.
+
+    One string alone is refused rather than read as one prompt per character: write
+    ``[prompt]``. ``prompts`` holds 1..MAX_PROMPTS strings; ``guidance`` a number in
+    [-MAX_GUIDANCE, MAX_GUIDANCE] (1000);
+    ``steps`` in 1..T; ``generator`` a ``torch.Generator`` or None (torch's global stream).
     """
     if not isinstance(model, LatentDiffusion):
         raise TypeError(f"model must be a LatentDiffusion, got {type(model).__name__}")
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got one string (write [prompt])")
+    if not isinstance(prompts, list | tuple):
+        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if not 1 <= len(prompts) <= MAX_PROMPTS:
+        raise ValueError(f"prompts must hold 1..{MAX_PROMPTS} prompts, got {len(prompts)}")
     n = len(prompts)
-    check_positive_int("number of prompts", n)
+    guidance = check_number("guidance", guidance, -MAX_GUIDANCE, MAX_GUIDANCE)
+    check_positive_int("steps", steps, maximum=model.config.T)
+    if generator is not None:
+        check_torch_generator("generator", generator)
+    if not callable(sampler):
+        raise TypeError(f"sampler must be a sampler function, got {type(sampler).__name__}")
+    if not isinstance(return_latents, bool):
+        raise TypeError(f"return_latents must be True or False, got {return_latents!r}")
     context, mask = model.encode_prompts([*prompts, NULL_PROMPT])
 
     def eps_given_label(z, t, labels):

@@ -44,12 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_core._validation import check_positive_int
+from diffusion_core._validation import check_number, check_positive_int
 
 __all__ = [
     "DIGIT_NUMERALS",
     "DIGIT_WORDS",
     "MAX_LENGTH",
+    "MAX_PROMPTS",
     "NULL_PROMPT",
     "PROMPT_TEMPLATES",
     "TextEncoder",
@@ -81,6 +82,9 @@ PROMPT_TEMPLATES = (
 
 NULL_PROMPT = ""
 MAX_LENGTH = 10  # token positions, the start token included; the longest template needs 7
+MAX_PROMPTS = 1_000_000  # prompts in one call (a bound on work, far above any batch here)
+MAX_TOKENS = 4096  # the longest max_length a Tokenizer or TextEncoder accepts
+MAX_WIDTH = 65_536  # the largest vocabulary, width, layer or head count of a TextEncoder
 
 PAD, UNK, START = "<pad>", "<unk>", "<start>"
 _SPECIAL_TOKENS = (PAD, UNK, START)
@@ -107,13 +111,22 @@ def make_prompt(label: int, generator: torch.Generator) -> str:
 
 
 def make_prompts(labels, generator: torch.Generator) -> list[str]:
-    """One :func:`make_prompt` per label, in order; ``labels`` a sequence or 1-D int tensor."""
+    """One :func:`make_prompt` per label, in order; ``labels`` a sequence of ints in 0..9 or a
+    1-D int tensor, of at most :data:`MAX_PROMPTS` labels."""
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         if labels.ndim != 1:
             raise ValueError(f"labels must have shape (n,), got {tuple(labels.shape)}")
         labels = labels.tolist()
+    if isinstance(labels, str | bytes) or not isinstance(labels, Sequence):
+        raise TypeError(
+            f"labels must be a sequence of ints or a tensor, got {type(labels).__name__}"
+        )
+    _check_count("labels", len(labels))
+    _check_generator(generator)
+    for i, label in enumerate(labels):
+        check_positive_int(f"labels[{i}]", label, minimum=0, maximum=9)
     return [make_prompt(label, generator) for label in labels]
 
 
@@ -126,10 +139,7 @@ def drop_prompts(
     Stable Diffusion drops 10% of its captions). One uniform draw per prompt from ``generator``.
     """
     prompts = _check_prompts(prompts)
-    if isinstance(probability, bool) or not isinstance(probability, int | float):
-        raise TypeError(f"probability must be a number, got {type(probability).__name__}")
-    if not 0 <= probability <= 1:
-        raise ValueError(f"probability must lie in [0, 1], got {probability}")
+    probability = check_number("probability", probability, 0.0, 1.0)
     _check_generator(generator)
     drop = torch.rand(len(prompts), generator=generator, device=generator.device) < probability
     return [
@@ -157,7 +167,9 @@ class Tokenizer:
 
     def __init__(self, templates: Sequence[str] = PROMPT_TEMPLATES, max_length: int = MAX_LENGTH):
         templates = _check_prompts(templates, name="templates")
-        self.max_length = check_positive_int("max_length", max_length, minimum=2)
+        self.max_length = check_positive_int(
+            "max_length", max_length, minimum=2, maximum=MAX_TOKENS
+        )
         template_words = {
             word for template in templates for word in _words(template.format(digit=""))
         }
@@ -279,11 +291,11 @@ class TextEncoder(nn.Module):
         heads: int = 4,
     ):
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.max_length = check_positive_int("max_length", max_length)
-        self.dim = check_positive_int("dim", dim)
-        check_positive_int("layers", layers)
-        check_positive_int("heads", heads)
+        self.vocab_size = check_positive_int("vocab_size", vocab_size, maximum=MAX_WIDTH)
+        self.max_length = check_positive_int("max_length", max_length, maximum=MAX_TOKENS)
+        self.dim = check_positive_int("dim", dim, maximum=MAX_WIDTH)
+        check_positive_int("layers", layers, maximum=MAX_WIDTH)
+        check_positive_int("heads", heads, maximum=MAX_WIDTH)
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads ({heads}), got {dim}")
         self.token_embedding = nn.Embedding(vocab_size, dim)
@@ -333,13 +345,22 @@ class TextEncoder(nn.Module):
 
 def _check_prompts(prompts, name: str = "prompts") -> list[str]:
     """A list copy of ``prompts``, after checking that it is a sequence of strings (one string
-    alone is refused: it would be read as a sequence of one-letter prompts)."""
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+    alone is refused: it would be read as a sequence of one-letter prompts), of at most
+    :data:`MAX_PROMPTS` of them."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{name} must be a list of strings, got one string (write [{name[:-1]}])")
+    if isinstance(prompts, bytes) or not isinstance(prompts, Sequence):
         raise TypeError(f"{name} must be a list of strings, got {type(prompts).__name__}")
+    _check_count(name, len(prompts))
     for i, text in enumerate(prompts):
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}] must be a string, got {type(text).__name__}")
     return list(prompts)
+
+
+def _check_count(name: str, count: int) -> None:
+    if count > MAX_PROMPTS:
+        raise ValueError(f"{name} must hold at most {MAX_PROMPTS} entries, got {count}")
 
 
 def _check_generator(generator) -> None:

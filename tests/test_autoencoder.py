@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from diffusion_core.autoencoder import (
@@ -274,3 +276,53 @@ def test_bad_inputs_are_rejected_by_name():
         train_autoencoder(x, {"steps": 5})
     with pytest.raises(ValueError, match="data must be finite"):
         train_autoencoder(torch.full((4, 1, 8, 8), math.nan), tiny_config())
+
+
+def test_empty_or_flat_data_has_no_scale_factor_and_no_metrics():
+    torch.manual_seed(0)
+    model = ConvVAE()
+    with pytest.raises(ValueError, match=r"data must have shape \(n, 1, H, W\) with n >= 1"):
+        latent_scale_factor(model, torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"data must have shape \(n, 1, H, W\) with n >= 1"):
+        reconstruction_metrics(model, torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError, match="data must lie in"):
+        reconstruction_metrics(model, torch.full((2, 1, 8, 8), 3.0))
+    with pytest.raises(ValueError, match="data must be finite"):
+        reconstruction_metrics(model, torch.full((2, 1, 8, 8), math.inf))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        latent_scale_factor(model, torch.zeros(2, 1, 8, 8), generator=3)
+    flat = ConvVAE()
+    for parameter in flat.parameters():
+        torch.nn.init.zeros_(parameter)  # every latent is 0: no spread to divide by
+    with pytest.raises(ValueError, match="data must give latents with a spread"):
+        latent_scale_factor(flat, torch.zeros(3, 1, 8, 8))
+
+
+def test_sizes_are_bounded():
+    with pytest.raises(ValueError, match=r"channels must be in 1\.\.4096"):
+        ConvVAE(channels=10**6)
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\.100000000"):
+        AutoencoderConfig(steps=10**9)
+    with pytest.raises(ValueError, match=r"batch_size must be in 1\.\.1048576"):
+        AutoencoderConfig(batch_size=10**7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(0, 3),
+    height=st.integers(1, 6),
+    value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3)),
+)
+def test_scale_factor_and_metrics_refuse_by_name_or_answer_finitely(n, height, value):
+    torch.manual_seed(0)
+    model = ConvVAE(channels=4)
+    data = torch.full((n, 1, height, 2 * height), float(value))
+    data[..., 0, 0] = 0.5  # some spread inside each image
+    for function in (latent_scale_factor, reconstruction_metrics):
+        try:
+            result = function(model, data)
+        except (TypeError, ValueError) as error:
+            assert str(error).startswith("data "), str(error)
+            continue
+        values = [result] if isinstance(result, float) else list(result.values())
+        assert all(math.isfinite(v) or v == math.inf for v in values) and n >= 1

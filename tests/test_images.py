@@ -12,6 +12,8 @@ import pathlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diffusion_core import checkpoints, images, metrics
 from diffusion_core.nets import UNet
@@ -266,3 +268,96 @@ def test_committed_checkpoint_records_the_script_settings(name):
     assert len(metadata["losses"]) == spec["train"]["steps"]
     assert path.stat().st_size < 4_000_000
     assert net.null_label == spec["net"]["num_classes"]
+
+
+# --- argument checks ------------------------------------------------------------------------
+
+
+def test_accuracy_refuses_labels_out_of_range_or_of_another_length(split):
+    classifier = images.DigitsClassifier()
+    x = split.test_images[:4]
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9, got values in -1\.\.99"):
+        images.accuracy(classifier, x, torch.tensor([-1, -1, 99, 3]))
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        images.accuracy(classifier, x, torch.tensor([1, 2, 3]))
+    with pytest.raises(TypeError, match="labels must be an integer torch.Tensor, got list"):
+        images.accuracy(classifier, x, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"images must have shape \(n, 1, 8, 8\) with n >= 1"):
+        images.accuracy(classifier, x[:0], torch.tensor([], dtype=torch.int64))
+    with pytest.raises(TypeError, match="classifier must be a DigitsClassifier"):
+        images.accuracy(torch.nn.Identity(), x, torch.tensor([1, 2, 3, 4]))
+
+
+def test_classifier_training_refuses_mismatched_or_empty_data(split):
+    with pytest.raises(ValueError, match=r"labels must have shape \(12,\)"):
+        images.train_classifier(split.train_images[:12], split.train_labels[:11], steps=1)
+    with pytest.raises(ValueError, match=r"images must have shape \(n, 1, 8, 8\) with n >= 1"):
+        images.train_classifier(split.train_images[:0], split.train_labels[:0], steps=1)
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\.100000000"):
+        images.train_classifier(split.train_images[:4], split.train_labels[:4], steps=10**9)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        images.train_classifier(split.train_images[:4], split.train_labels[:4], lr=math.nan)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, math.nan, math.inf, -0.5])
+def test_split_refuses_a_test_fraction_outside_0_1(fraction):
+    with pytest.raises(ValueError, match=r"test_fraction must be a finite number in \(0, 1\)"):
+        images.load_digits_split(test_fraction=fraction)
+
+
+def test_scores_and_floor_refuse_bad_arguments_by_name(split):
+    classifier = images.DigitsClassifier()
+    x = split.test_images[:8]
+    with pytest.raises(ValueError, match=r"images must have shape \(n, 1, 8, 8\) with n >= 4"):
+        images.image_scores(x[:3], x, classifier, k=3)
+    with pytest.raises(ValueError, match=r"reference must have shape \(n, 1, 8, 8\)"):
+        images.image_scores(x, x[:2], classifier, k=3)
+    with pytest.raises(ValueError, match=r"k must be in 1\.\."):
+        images.image_scores(x, x, classifier, k=0)
+    with pytest.raises(ValueError, match=r"repeats must be in 2\.\.1000"):
+        images.real_floor(split, classifier, 10, repeats=10**6)
+    with pytest.raises(TypeError, match="split must be a DigitsSplit"):
+        images.real_floor({}, classifier, 10)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        images.real_floor(split, classifier, 10, generator=1)
+    with pytest.raises(TypeError, match="settings must be a dict"):
+        images.digits_recipe([("steps", 3)])
+
+
+def test_loading_a_damaged_digits_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x00")
+    with pytest.raises(ValueError, match=r"broken\.safetensors is not a readable checkpoint"):
+        images.load_digits_model(path)
+    torch.save({"format": 1}, path)
+    with pytest.raises(ValueError, match=r"broken\.safetensors was written by torch\.save"):
+        images.load_digits_model(path)
+
+
+def test_a_damaged_classifier_cache_is_retrained(split, tmp_path):
+    first = images.digits_classifier(split, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("digits_classifier_*.safetensors")
+    raw = bytearray(cached.read_bytes())
+    raw[-10] ^= 0xFF  # a damaged weight: the SHA-256 no longer matches
+    cached.write_bytes(bytes(raw))
+    second = images.digits_classifier(split, cache_dir=tmp_path)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert cached.read_bytes() != bytes(raw)  # rewritten intact
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    labels=st.lists(st.integers(-3, 12), min_size=0, max_size=6),
+    n=st.integers(0, 6),
+)
+def test_accuracy_refuses_by_name_or_returns_a_fraction(split, labels, n):
+    classifier = images.DigitsClassifier()
+    try:
+        value = images.accuracy(classifier, split.test_images[:n], torch.tensor(labels).long())
+    except (TypeError, ValueError) as error:
+        assert str(error).split()[0] in {"images", "labels"}, str(error)
+        return
+    assert 0.0 <= value <= 1.0 and len(labels) == n >= 1

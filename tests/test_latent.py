@@ -9,12 +9,15 @@ that the digits classifier reads as the prompted ones.
 """
 
 import dataclasses
+import math
 import pathlib
 import subprocess
 import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diffusion_core import checkpoints
 from diffusion_core.forward import q_sample
@@ -25,6 +28,7 @@ from diffusion_core.latent import (
     LatentDiffusionLoss,
     generate,
     load_latent_model,
+    train_latent_diffusion,
 )
 from diffusion_core.losses import sample_t_and_noise
 from diffusion_core.nets import CrossAttention, TextUNet
@@ -171,3 +175,99 @@ def test_generated_digits_follow_the_prompt():
     prompts = [f"a handwritten {label}" for label in labels.tolist()]
     images = generate(model, prompts, guidance=3.0, generator=torch.Generator().manual_seed(0))
     assert accuracy(digits_classifier(), images.clamp(-1, 1), labels) >= ACCURACY_BOUND
+
+
+# --- argument checks ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return LatentDiffusion(LatentConfig(channels=(8, 16), text_dim=16, T=50)).eval()
+
+
+def test_generate_refuses_bad_arguments_by_name(small_model):
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(TypeError, match=r"prompts must be a list of strings, got one string"):
+        generate(small_model, "the digit 3", steps=2)
+    with pytest.raises(ValueError, match=r"prompts must hold 1\.\.1000000 prompts, got 0"):
+        generate(small_model, [], steps=2)
+    with pytest.raises(TypeError, match=r"prompts\[1\] must be a string"):
+        generate(small_model, ["3", 3], steps=2)
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got set"):
+        generate(small_model, {"3"}, steps=2)
+    for guidance in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="guidance must be a finite number"):
+            generate(small_model, ["3"], guidance=guidance, steps=2)
+    with pytest.raises(ValueError, match=r"steps must be in 1\.\.50, got 51"):
+        generate(small_model, ["3"], steps=51)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        generate(small_model, ["3"], steps=2, generator=0)
+    with pytest.raises(TypeError, match="model must be a LatentDiffusion"):
+        generate(object(), ["3"], steps=2, generator=generator)
+    with pytest.raises(TypeError, match="return_latents must be True or False"):
+        generate(small_model, ["3"], steps=2, return_latents="yes")
+
+
+def test_train_latent_diffusion_checks_its_data_before_training():
+    images, labels = torch.zeros(12, 1, 8, 8), torch.zeros(11, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"labels must have shape \(12,\)"):
+        train_latent_diffusion(images, labels)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9, got values in -1\.\.99"):
+        train_latent_diffusion(images, torch.tensor([-1, 99] + [0] * 10))
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 8, 8\) with N >= 2"):
+        train_latent_diffusion(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"images must lie in \[-1, 1\]"):
+        train_latent_diffusion(torch.full((12, 1, 8, 8), 2.0), labels[:1].repeat(12))
+    with pytest.raises(ValueError, match="images must be finite"):
+        train_latent_diffusion(torch.full((12, 1, 8, 8), math.nan), labels[:1].repeat(12))
+    with pytest.raises(TypeError, match="images must be a torch.Tensor"):
+        train_latent_diffusion([[0.0]], labels)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"channels": "32"}, TypeError, "channels must be a non-empty tuple of ints"),
+        ({"channels": ()}, TypeError, "channels must be a non-empty tuple of ints"),
+        ({"channels": (8, 0)}, ValueError, r"channels\[1\] must be in 1\.\., got 0"),
+        ({"channels": (8, 10**6)}, ValueError, r"channels\[1\] must be in 1\.\.65536"),
+        ({"text_dim": 10, "heads": 4}, ValueError, r"text_dim must be divisible by heads \(4\)"),
+        ({"T": 10**7}, ValueError, r"T must be in 1\.\.100000"),
+        ({"steps": 10**9}, ValueError, r"steps must be in 1\.\.100000000"),
+        ({"lr": math.inf}, ValueError, "lr must be a finite number"),
+        ({"prompt_dropout": math.nan}, ValueError, "prompt_dropout must be a finite number"),
+        ({"ema_decay": -math.inf}, ValueError, "ema_decay must be a finite number"),
+    ],
+)
+def test_latent_config_refuses_bad_values_by_name(changes, error, message):
+    with pytest.raises(error, match=message):
+        LatentConfig(**changes)
+
+
+def test_loading_a_checkpoint_of_another_kind_names_the_file(tmp_path):
+    path = tmp_path / "digits.safetensors"
+    checkpoints.save(path, {"net": {}, "ema": {}}, checkpoints.DIGITS_MODEL)
+    with pytest.raises(ValueError, match=r"digits\.safetensors holds a digits denoiser"):
+        load_latent_model(path)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    prompts=st.one_of(
+        st.text(max_size=12),
+        st.lists(st.sampled_from(["3", "a thin seven", "", "zebra", 7, None]), max_size=3),
+    ),
+    guidance=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5)),
+    steps=st.integers(-2, 60),
+)
+def test_generate_refuses_by_name_or_returns_finite_images(small_model, prompts, guidance, steps):
+    generator = torch.Generator().manual_seed(0)
+    try:
+        images = generate(small_model, prompts, guidance, steps, generator)
+    except (TypeError, ValueError) as error:
+        assert str(error).split()[0].split("[")[0] in {"prompts", "guidance", "steps"}, error
+        return
+    assert images.shape == (len(prompts), 1, 8, 8) and bool(torch.isfinite(images).all())

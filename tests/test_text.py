@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diffusion_core.text import (
     DIGIT_NUMERALS,
@@ -226,3 +228,60 @@ def test_encoder_rejects_bad_inputs(tokenizer):
         encoder(ids, torch.zeros_like(mask))
     with pytest.raises(ValueError, match="ids must lie in"):
         encoder(ids - 1, mask)
+
+
+# --- argument checks ------------------------------------------------------------------------
+
+
+def test_prompt_functions_refuse_bad_arguments_by_name():
+    generator = torch.Generator().manual_seed(0)
+    for probability in (math.nan, math.inf, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"probability must be a finite number in \[0, 1\]"):
+            drop_prompts(["a"], probability, generator)
+    with pytest.raises(TypeError, match=r"prompts must be a list of strings, got one string"):
+        drop_prompts("the digit 3", 0.5, generator)
+    with pytest.raises(ValueError, match=r"labels\[1\] must be in 0\.\.9, got 12"):
+        make_prompts([3, 12], generator)
+    with pytest.raises(TypeError, match=r"labels\[0\] must be an int, got float"):
+        make_prompts([3.0], generator)
+    with pytest.raises(TypeError, match="labels must be a sequence of ints or a tensor, got str"):
+        make_prompts("37", generator)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        make_prompts([3], None)
+    with pytest.raises(ValueError, match=r"labels must hold at most 1000000 entries"):
+        make_prompts(range(10**7), generator)
+    with pytest.raises(ValueError, match=r"max_length must be in 2\.\.4096"):
+        Tokenizer(max_length=10**9)
+    with pytest.raises(ValueError, match=r"dim must be in 1\.\.65536"):
+        TextEncoder(30, dim=10**6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prompts=st.one_of(
+        st.text(max_size=8), st.lists(st.one_of(st.text(max_size=30), st.integers()), max_size=4)
+    ),
+    probability=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.booleans()),
+)
+def test_drop_prompts_refuses_by_name_or_keeps_or_empties_each_prompt(prompts, probability):
+    try:
+        dropped = drop_prompts(prompts, probability, torch.Generator().manual_seed(0))
+    except (TypeError, ValueError) as error:
+        assert str(error).split()[0].split("[")[0] in {"prompts", "probability"}, str(error)
+        return
+    assert len(dropped) == len(prompts)
+    assert all(new in (old, NULL_PROMPT) for old, new in zip(prompts, dropped, strict=True))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(prompts=st.lists(st.text(max_size=40), min_size=0, max_size=4))
+def test_encode_refuses_by_name_or_gives_ids_of_the_documented_shape(tokenizer, prompts):
+    try:
+        ids, mask = tokenizer.encode(prompts)
+    except ValueError as error:
+        assert str(error).startswith("prompts["), str(error)
+        return
+    assert ids.shape == mask.shape == (len(prompts), MAX_LENGTH)
+    assert bool(mask[:, 0].all()) and bool((ids < tokenizer.vocab_size).all())

@@ -9,10 +9,13 @@ third argument had before it took objectives).
 
 import math
 import os
+import re
 
 import pytest
 import safetensors.torch
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import diffusion_core.train as train_module
 from diffusion_core.analytic import default_mixture_2d
@@ -27,6 +30,7 @@ from diffusion_core.train import (
     load_checkpoint,
     save_checkpoint,
     train,
+    update_ema,
 )
 
 
@@ -90,10 +94,10 @@ def test_resumed_run_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, l
 
     def save_then_crash(where, state):
         save_checkpoint(where, state)
-        raise Interrupted
+        raise Interrupted("crashed right after the checkpoint")
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="crashed right after the checkpoint"):
         run = RunConfig(checkpoint_every=20, checkpoint_path=path)
         train(tiny_net(), data, objective, first, run=run, progress=False)
     monkeypatch.undo()
@@ -402,3 +406,158 @@ def test_trained_mlp_samples_the_mixture_at_the_noise_floor():
     distance = metrics.sliced_wasserstein(out, mixture.sample(2000, generator))
     floor = metrics.sliced_wasserstein_floor(mixture.sample, 2000, generator=generator, repeats=20)
     assert distance < 1.5 * floor, (distance, floor)
+
+
+# --- input checks of the loop, the EMA and the configs -------------------------------------
+
+
+@pytest.mark.parametrize("decay", [float("nan"), float("inf"), -0.1, 5.0])
+def test_update_ema_refuses_a_decay_outside_0_1(decay):
+    ema, net = tiny_net(), tiny_net(seed=1)
+    before = [p.clone() for p in ema.parameters()]
+    with pytest.raises(ValueError, match=r"decay must be a finite number in \[0, 1\]"):
+        update_ema(ema, net, decay)
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.parameters(), strict=True))
+    with pytest.raises(TypeError, match="decay must be a number, got str"):
+        update_ema(ema, net, "0.9")
+    with pytest.raises(TypeError, match="ema must be a torch.nn.Module, got dict"):
+        update_ema({}, net, 0.9)
+
+
+def test_update_ema_ends_of_the_range():
+    ema, net = tiny_net(), tiny_net(seed=1)
+    update_ema(ema, net, 1.0)
+    assert all(
+        torch.equal(a, b) for a, b in zip(ema.parameters(), tiny_net().parameters(), strict=True)
+    )
+    update_ema(ema, net, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), net.parameters(), strict=True))
+
+
+def test_a_diverging_run_names_its_first_bad_step_and_the_cause(data, tmp_path):
+    """lr = 1e4 without clipping: the first non-finite loss is named, with the lr, and no
+    checkpoint is written at or after it."""
+    path = tmp_path / "run.safetensors"
+    run = RunConfig(log_every=1000, checkpoint_every=1, checkpoint_path=path)
+    config = tiny_config(lr=1e4, grad_clip=None, steps=40)
+    torch.manual_seed(0)
+    net = MLPDenoiser(hidden=64, depth=2, time_dim=16)
+    with pytest.raises(FloatingPointError, match=r"training diverged: .* step (\d+)") as error:
+        train(net, data, DiffusionLoss(linear_schedule(100)), config, run=run)
+    message = str(error.value)
+    assert "lr=10000" in message and "no gradient clipping" in message
+    assert "weights_only" not in message
+    bad_step = int(re.search(r"step (\d+)", message).group(1))
+    if path.exists():  # the checkpoints before the divergence are finite, the last one too
+        saved = load_checkpoint(path)
+        assert saved["step"] < bad_step
+        assert all(bool(torch.isfinite(t).all()) for t in saved["net"].values())
+        assert bool(torch.isfinite(saved["losses"]).all())
+
+
+def test_weights_that_overflow_after_a_finite_loss_are_never_saved(data, tmp_path, monkeypatch):
+    """A step whose loss was finite can still leave non-finite weights: the checkpoint after it
+    is refused, naming that step."""
+    path = tmp_path / "run.safetensors"
+    original = train_module._step
+
+    def poisoning_step(model, data, labels, objective, config, run, state):
+        loss = original(model, data, labels, objective, config, run, state)
+        if state.step == 3:
+            with torch.no_grad():
+                next(state.net.parameters()).fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(train_module, "_step", poisoning_step)
+    run = RunConfig(checkpoint_every=3, checkpoint_path=path)
+    with pytest.raises(FloatingPointError, match="weights are not finite after step 3"):
+        train(tiny_net(), data, DiffusionLoss(linear_schedule(100)), tiny_config(), run=run)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"lr": float("inf")}, ValueError, r"lr must be a finite number in \(0, inf\)"),
+        ({"lr": float("nan")}, ValueError, "lr must be a finite number"),
+        ({"lr": 0.0}, ValueError, "lr must be a finite number"),
+        ({"lr": "1e-3"}, TypeError, "lr must be a number"),
+        ({"steps": 0}, ValueError, r"steps must be in 1\.\., got 0"),
+        ({"steps": 10**9}, ValueError, r"steps must be in 1\.\.100000000, got 1000000000"),
+        ({"steps": 2.0}, TypeError, "steps must be an int"),
+        ({"batch_size": 2**21}, ValueError, r"batch_size must be in 1\.\.1048576"),
+        ({"weight_decay": -1.0}, ValueError, "weight_decay must be a finite number"),
+        ({"weight_decay": float("inf")}, ValueError, "weight_decay must be a finite number"),
+        ({"grad_clip": float("nan")}, ValueError, "grad_clip must be a finite number"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be a finite number in \[0, 1\)"),
+        ({"ema_decay": float("nan")}, ValueError, "ema_decay must be a finite number"),
+        ({"lr_schedule": ["cosine"]}, ValueError, "lr_schedule must be one of"),
+        ({"seed": -1}, ValueError, "seed must be in 0"),
+        ({"shared_generator": 1}, TypeError, "shared_generator must be True or False"),
+    ],
+)
+def test_train_config_refuses_bad_values_by_name(changes, error, message):
+    with pytest.raises(error, match=message):
+        tiny_config(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"log_every": 0}, ValueError, r"log_every must be in 1\.\., got 0"),
+        ({"log_every": 10**9}, ValueError, r"log_every must be in 1\.\.100000000"),
+        ({"checkpoint_every": -1}, ValueError, r"checkpoint_every must be in 0\.\., got -1"),
+        ({"checkpoint_every": 10**9}, ValueError, r"checkpoint_every must be in 0\.\.100000000"),
+        ({"checkpoint_every": 5}, ValueError, "checkpoint_every > 0 needs a checkpoint_path"),
+        ({"checkpoint_path": 3}, TypeError, "checkpoint_path must be a path or None"),
+        ({"compile": "no"}, TypeError, "compile must be True or False"),
+    ],
+)
+def test_run_config_refuses_bad_values_by_name(changes, error, message):
+    with pytest.raises(error, match=message):
+        RunConfig(**changes)
+
+
+def test_resume_from_must_be_a_path(data, schedule):
+    with pytest.raises(TypeError, match="resume_from must be a path"):
+        train(tiny_net(), data, schedule, tiny_config(), resume_from=3)
+
+
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lr=NUMBERS, steps=NUMBERS, batch_size=NUMBERS, ema_decay=NUMBERS, grad_clip=NUMBERS)
+def test_train_config_either_refuses_by_name_or_holds_valid_values(
+    lr, steps, batch_size, ema_decay, grad_clip
+):
+    fields = {"lr": lr, "steps": steps, "batch_size": batch_size}
+    fields |= {"ema_decay": ema_decay, "grad_clip": grad_clip}
+    try:
+        config = TrainConfig(**fields)
+    except (TypeError, ValueError) as error:
+        assert any(str(error).startswith(name) for name in fields), str(error)
+        return
+    assert math.isfinite(config.lr) and config.lr > 0
+    assert 1 <= config.steps <= train_module.MAX_STEPS
+    assert 1 <= config.batch_size <= train_module.MAX_BATCH_SIZE
+    assert config.ema_decay is None or 0 <= config.ema_decay < 1
+    assert config.grad_clip is None or (math.isfinite(config.grad_clip) and config.grad_clip > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(decay=NUMBERS)
+def test_update_ema_either_refuses_the_decay_by_name_or_stays_finite(decay):
+    ema, net = tiny_net(), tiny_net(seed=1)
+    try:
+        update_ema(ema, net, decay)
+    except (TypeError, ValueError) as error:
+        assert str(error).startswith("decay must be"), str(error)
+        return
+    assert all(bool(torch.isfinite(p).all()) for p in ema.parameters())
