@@ -230,7 +230,7 @@ def test_train_latent_diffusion_checks_its_data_before_training():
     [
         ({"channels": "32"}, TypeError, "channels must be a non-empty tuple of ints"),
         ({"channels": ()}, TypeError, "channels must be a non-empty tuple of ints"),
-        ({"channels": (8, 0)}, ValueError, r"channels\[1\] must be in 1\.\., got 0"),
+        ({"channels": (8, 0)}, ValueError, r"channels\[1\] must be in 1\.\.(65536)?, got 0"),
         ({"channels": (8, 10**6)}, ValueError, r"channels\[1\] must be in 1\.\.65536"),
         ({"text_dim": 10, "heads": 4}, ValueError, r"text_dim must be divisible by heads \(4\)"),
         ({"T": 10**7}, ValueError, r"T must be in 1\.\.100000"),

@@ -482,7 +482,7 @@ def test_weights_that_overflow_after_a_finite_loss_are_never_saved(data, tmp_pat
         ({"lr": float("nan")}, ValueError, "lr must be a finite number"),
         ({"lr": 0.0}, ValueError, "lr must be a finite number"),
         ({"lr": "1e-3"}, TypeError, "lr must be a number"),
-        ({"steps": 0}, ValueError, r"steps must be in 1\.\., got 0"),
+        ({"steps": 0}, ValueError, r"steps must be in 1\.\.(100000000)?, got 0"),
         ({"steps": 10**9}, ValueError, r"steps must be in 1\.\.100000000, got 1000000000"),
         ({"steps": 2.0}, TypeError, "steps must be an int"),
         ({"batch_size": 2**21}, ValueError, r"batch_size must be in 1\.\.1048576"),
@@ -504,9 +504,9 @@ def test_train_config_refuses_bad_values_by_name(changes, error, message):
 @pytest.mark.parametrize(
     ("changes", "error", "message"),
     [
-        ({"log_every": 0}, ValueError, r"log_every must be in 1\.\., got 0"),
+        ({"log_every": 0}, ValueError, r"log_every must be in 1\.\.(100000000)?, got 0"),
         ({"log_every": 10**9}, ValueError, r"log_every must be in 1\.\.100000000"),
-        ({"checkpoint_every": -1}, ValueError, r"checkpoint_every must be in 0\.\., got -1"),
+        ({"checkpoint_every": -1}, ValueError, r"checkpoint_every must be in 0\.\.\d*, got -1"),
         ({"checkpoint_every": 10**9}, ValueError, r"checkpoint_every must be in 0\.\.100000000"),
         ({"checkpoint_every": 5}, ValueError, "checkpoint_every > 0 needs a checkpoint_path"),
         ({"checkpoint_path": 3}, TypeError, "checkpoint_path must be a path or None"),
