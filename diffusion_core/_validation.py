@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "MAX_COUNT",
+    "MAX_NUMEL",
     "as_tensor",
     "check_batch",
     "check_callable",
@@ -82,6 +83,10 @@ MAX_COUNT = 1_000_000
 says otherwise: a larger one would run for hours or exhaust memory instead of failing."""
 
 
+MAX_NUMEL = 1 << 30
+"""The most numbers a tensor the library is asked to create may hold (8 GiB in float64)."""
+
+
 def check_positive_int(name: str, n, minimum: int = 1, maximum: int | None = MAX_COUNT) -> int:
     """A Python integer in ``minimum..maximum`` (``maximum=None``: no upper bound, for seeds and
     other values that are not counts)."""
@@ -120,6 +125,8 @@ def check_shape(name: str, shape) -> tuple[int, ...]:
         raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
     if len(shape) < 1:
         raise ValueError(f"{name} must have at least one axis (the batch)")
+    if math.prod(shape) > MAX_NUMEL:
+        raise ValueError(f"{name} must hold at most {MAX_NUMEL} numbers, got {tuple(shape)}")
     return tuple(shape)
 
 

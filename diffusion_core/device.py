@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,13 +82,14 @@ def get_device(name: str | None = None) -> torch.device:
     choice = choice.strip().lower()
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source = "device name" if name is not None else f"${DEVICE_ENV}"
     if choice != "cpu" and not choice.startswith("cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {choice!r}")
+        raise ValueError(f"{source} must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {choice!r}")
     try:
         device = torch.device(choice)
     except RuntimeError as err:
         raise ValueError(
-            f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {choice!r}"
+            f"{source} must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {choice!r}"
         ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {choice!r} was requested but CUDA is not available")
@@ -177,11 +179,10 @@ def sample_seeds(base_seed: int, indices) -> list[int]:
     neighbouring indices get unrelated streams.
     """
     check_positive_int("base_seed", base_seed, minimum=0, maximum=2**63 - 1)
-    if isinstance(indices, torch.Tensor):
-        indices = indices.tolist()
+    indices = _int_sequence("indices", indices)
     seeds = []
-    for index in indices:
-        check_positive_int("index", index, minimum=0)
+    for i, index in enumerate(indices):
+        check_positive_int(f"indices[{i}]", index, minimum=0, maximum=2**63 - 1)
         state = np.random.SeedSequence([base_seed, index]).generate_state(2, dtype=np.uint32)
         seeds.append(int(state[0]) << 31 | int(state[1]) >> 1)  # 63 bits
     return seeds
@@ -199,8 +200,8 @@ def per_sample_generators(seeds, device: str | torch.device | None = None) -> li
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     generators = []
-    for seed in seeds:
-        check_positive_int("seed", seed, minimum=0, maximum=2**64 - 1)
+    for i, seed in enumerate(_int_sequence("seeds", seeds)):
+        check_positive_int(f"seeds[{i}]", seed, minimum=0, maximum=2**64 - 1)
         generators.append(torch.Generator(device=device).manual_seed(seed))
     if not generators:
         raise ValueError("seeds must hold at least one seed")
@@ -271,10 +272,19 @@ def per_sample_noise(
     the CPU and copy (see :func:`per_sample_generators`).
     """
     shape = check_shape("shape", shape)
-    seeds = list(seeds)
+    seeds = _int_sequence("seeds", seeds)
     if len(seeds) != shape[0]:
         raise ValueError(f"seeds must hold one seed per sample ({shape[0]}), got {len(seeds)}")
     return standard_normal(shape, per_sample_generators(seeds, device), dtype)
+
+
+def _int_sequence(name: str, values) -> list:
+    """A sequence (or 1-D tensor) of ints, as a list; a string or a lone number is refused."""
+    if isinstance(values, torch.Tensor):
+        values = values.tolist() if values.ndim == 1 else values
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
+    return list(values)
 
 
 def _device_type(device) -> str:

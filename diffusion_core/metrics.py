@@ -38,21 +38,33 @@ _DEFAULT_SEED = 0
 # ---------------------------------------------------------------------------- sample checks
 
 
+MAX_VALUE = 1e150
+"""The largest coordinate a sample may have: the metrics square distances, and the square of
+anything larger overflows float64."""
+
+
 def _check_samples(name: str, x, min_n: int = 2) -> torch.Tensor:
-    """A finite floating (n, d) tensor with n >= min_n, returned as float64."""
+    """A finite floating (n, d) tensor with n >= min_n and |x| <= MAX_VALUE, as float64."""
     x = check_float(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d), got {tuple(x.shape)}")
     if x.shape[0] < min_n:
         raise ValueError(f"{name} must hold at least {min_n} samples, got {x.shape[0]}")
+    if x.numel() and float(x.abs().max()) > MAX_VALUE:
+        raise ValueError(
+            f"{name} must have coordinates of size at most {MAX_VALUE:g} (squared distances "
+            f"would overflow), got {float(x.abs().max()):g}"
+        )
     return x.to(torch.float64)
 
 
-def _check_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _check_samples("x", x)
-    y = _check_samples("y", y)
+def _check_pair(x, y, names=("x", "y")) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _check_samples(names[0], x)
+    y = _check_samples(names[1], y)
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"y must have the dimension of x ({x.shape[1]}), got {y.shape[1]}")
+        raise ValueError(
+            f"{names[1]} must have the dimension of {names[0]} ({x.shape[1]}), got {y.shape[1]}"
+        )
     return x, y.to(x.device)
 
 
@@ -203,8 +215,8 @@ def mmd_rbf(x, y, bandwidth=None) -> torch.Tensor:
     else:
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float):
             raise TypeError(f"bandwidth must be a number or None, got {type(bandwidth).__name__}")
-        if not (math.isfinite(bandwidth) and bandwidth > 0):
-            raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth}")
+        if not (math.isfinite(bandwidth) and 0 < bandwidth <= MAX_VALUE):
+            raise ValueError(f"bandwidth must be finite, > 0 and <= {MAX_VALUE:g}, got {bandwidth}")
         h2 = float(bandwidth) ** 2
     k_xx = torch.exp(-d_xx / (2 * h2))
     k_yy = torch.exp(-d_yy / (2 * h2))
@@ -375,7 +387,7 @@ def knn_precision_recall(real, fake, k: int = 3) -> tuple[torch.Tensor, torch.Te
     (is all of the data covered?). Both are 1 for identical samples and fall towards 0 as
     the two separate. The paper uses k = 3.
     """
-    real, fake = _check_pair(real, fake)
+    real, fake = _check_pair(real, fake, ("real", "fake"))
     k = check_positive_int("k", k)
     if k >= min(real.shape[0], fake.shape[0]):
         raise ValueError(f"k must be smaller than both sample sizes, got k = {k}")

@@ -25,6 +25,9 @@ from torch import nn
 
 from diffusion_core._validation import check_positive_int
 
+MAX_WIDTH = 65_536  # the widest layer (channels, features) a network may ask for
+MAX_DEPTH = 1_000  # the most blocks or levels
+
 __all__ = [
     "CrossAttention",
     "MLPDenoiser",
@@ -124,9 +127,12 @@ class MLPDenoiser(nn.Module):
 
     def __init__(self, data_dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 64):
         super().__init__()
-        self.data_dim = check_positive_int("data_dim", data_dim)
-        check_positive_int("hidden", hidden)
-        check_positive_int("depth", depth, minimum=0)
+        self.data_dim = check_positive_int("data_dim", data_dim, maximum=MAX_WIDTH)
+        check_positive_int("hidden", hidden, maximum=MAX_WIDTH)
+        check_positive_int("depth", depth, minimum=0, maximum=MAX_DEPTH)
+        check_positive_int("time_dim", time_dim, minimum=2, maximum=MAX_WIDTH)
+        if time_dim % 2:
+            raise ValueError(f"time_dim must be even (sines and cosines in pairs), got {time_dim}")
         self.embedding = SinusoidalEmbedding(time_dim)
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
@@ -146,8 +152,10 @@ class MLPDenoiser(nn.Module):
 
     def _check_inputs(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
         _check_floating("x", x)
-        if x.ndim != 2 or x.shape[1] != self.data_dim:
-            raise ValueError(f"x must have shape (n, {self.data_dim}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.data_dim or x.shape[0] < 1:
+            raise ValueError(
+                f"x must have shape (n, {self.data_dim}) with n >= 1, got {tuple(x.shape)}"
+            )
         return x, _per_sample("t", t, x.shape[0]).to(x.device)  # the time grid may be on the CPU
 
 
@@ -185,8 +193,10 @@ def count_parameters(module: nn.Module) -> int:
 def _check_channels(channels) -> tuple[int, ...]:
     if not isinstance(channels, tuple | list) or not channels:
         raise TypeError(f"channels must be a non-empty tuple of ints, got {channels!r}")
+    if len(channels) > MAX_DEPTH:
+        raise ValueError(f"channels must list at most {MAX_DEPTH} levels, got {len(channels)}")
     for width in channels:
-        check_positive_int("channels", width)
+        check_positive_int("channels", width, maximum=MAX_WIDTH)
     return tuple(channels)
 
 
@@ -282,10 +292,10 @@ class UNet(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.in_channels = check_positive_int("in_channels", in_channels, maximum=MAX_WIDTH)
         self.channels = _check_channels(channels)
-        self.blocks = check_positive_int("blocks", blocks)
-        check_positive_int("groups", groups)
+        self.blocks = check_positive_int("blocks", blocks, maximum=MAX_DEPTH)
+        check_positive_int("groups", groups, maximum=MAX_WIDTH)
         if not isinstance(attention, bool):
             raise TypeError(f"attention must be True or False, got {type(attention).__name__}")
         if num_classes is not None:
@@ -494,9 +504,10 @@ class CrossAttention(nn.Module):
 
     def __init__(self, channels: int, context_dim: int, heads: int = 4, groups: int = 8):
         super().__init__()
-        check_positive_int("channels", channels)
-        check_positive_int("context_dim", context_dim)
-        self.heads = check_positive_int("heads", heads)
+        check_positive_int("channels", channels, maximum=MAX_WIDTH)
+        check_positive_int("context_dim", context_dim, maximum=MAX_WIDTH)
+        self.heads = check_positive_int("heads", heads, maximum=MAX_WIDTH)
+        check_positive_int("groups", groups, maximum=MAX_WIDTH)
         if channels % heads:
             raise ValueError(f"channels must be divisible by heads ({heads}), got {channels}")
         self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)

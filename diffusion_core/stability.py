@@ -37,7 +37,16 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_core._validation import as_tensor, check_float, check_number, per_sample
+from diffusion_core._validation import (
+    MAX_COUNT,
+    as_tensor,
+    check_callable,
+    check_finite,
+    check_float,
+    check_number,
+    check_positive_int,
+    per_sample,
+)
 from diffusion_core.metrics import gaussian_w2
 from diffusion_core.samplers import SAMPLERS, apply_steps
 from diffusion_core.schedules import TimeGrid
@@ -72,6 +81,7 @@ __all__ = [
 
 AFFINE_SAMPLERS = tuple(name for name, s in SAMPLERS.items() if hasattr(s, "step_rule"))
 F64 = torch.float64
+MAX_LEVEL = 1e150  # the largest data std accepted: its square must stay finite
 
 
 # ------------------------------------------------------------------------------ checks
@@ -158,8 +168,7 @@ def ve_chain(sigmas) -> tuple[torch.Tensor, torch.Tensor]:
 def article_chain(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(factors, noise_vars) = (1, t) for t = 0..steps-1: the source article's loop
     x <- x + sqrt(t) z (see :func:`diffusion_core.forward.seed_article_diffuse`)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_positive_int("steps", steps)
     return torch.ones(steps, dtype=F64), torch.arange(steps, dtype=F64)
 
 
@@ -173,7 +182,7 @@ def edm_input_scale(sigma, data_std: float = 0.5) -> torch.Tensor:
     sigma = as_tensor("sigma", sigma, F64)
     if bool(((sigma < 0) | torch.isnan(sigma)).any()):
         raise ValueError("sigma must be >= 0")
-    data_std = check_number("data_std", data_std, 0.0, low_open=True)
+    data_std = check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True)
     return 1.0 / (sigma**2 + data_std**2).sqrt()
 
 
@@ -188,7 +197,7 @@ def marginal_law(grid: TimeGrid, data_mean: float, data_std: float):
     grid = _grid(grid)
     mu, sd = (
         check_number("data_mean", data_mean),
-        check_number("data_std", data_std, 0.0, low_open=True),
+        check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True),
     )
     return grid.scale * mu, grid.scale**2 * sd**2 + grid.std**2
 
@@ -203,7 +212,7 @@ def gaussian_denoiser_coefficients(grid: TimeGrid, data_mean: float, data_std: f
     grid = _grid(grid)
     mu, sd = (
         check_number("data_mean", data_mean),
-        check_number("data_std", data_std, 0.0, low_open=True),
+        check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True),
     )
     var = grid.scale**2 * sd**2 + grid.std**2
     return grid.scale * sd**2 / var, mu * grid.std**2 / var
@@ -219,7 +228,7 @@ def gaussian_denoiser(data_mean: float, data_std: float) -> Callable:
     """
     mu, sd = (
         check_number("data_mean", data_mean),
-        check_number("data_std", data_std, 0.0, low_open=True),
+        check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True),
     )
 
     def model(x: torch.Tensor, point) -> torch.Tensor:
@@ -295,16 +304,19 @@ def affine_map(sampler, grid: TimeGrid, p, q, **options) -> AffineMap:
     return AffineMap(gain=out[1 : 2 + K].clone(), offset=out[0].clone(), noise=out[2 + K :].clone())
 
 
-def _step_rule(sampler) -> Callable:
+def _step_rule(sampler, argument: str = "sampler") -> Callable:
+    """The step rule of a sampler given as one of the SAMPLERS' names or as a function; the
+    errors name the caller's ``argument``."""
     name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", repr(sampler))
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+            raise ValueError(f"{argument} must be one of {tuple(SAMPLERS)}, got {sampler!r}")
         sampler = SAMPLERS[sampler]
     rule = getattr(sampler, "step_rule", None)
     if rule is None:
         raise ValueError(
-            f"sampler {name} has no step rule, so it is not affine in x (the predictor-corrector's "
+            f"{argument} {name} has no step rule, so it is not affine in x (the "
+            "predictor-corrector's "
             "Langevin step size depends on the state's norm): the affine samplers are "
             f"{AFFINE_SAMPLERS}"
         )
@@ -347,6 +359,7 @@ def gaussian_sampler_law(
     """Exact output law N(mean, var) of sampler ``name`` with the exact denoiser of
     x0 ~ N(mu, sigma_d^2), started from ``start`` = (mean, var) (default: the exact marginal at
     the first grid point, so that only the sampler's own error remains)."""
+    _step_rule(name, argument="name")
     p, q = gaussian_denoiser_coefficients(grid, data_mean, data_std)
     if start is None:
         means, variances = marginal_law(grid, data_mean, data_std)
@@ -371,10 +384,15 @@ def _levels(scale, std, data_std):
     scale, std = as_tensor("scale", scale, F64), as_tensor("std", std, F64)
     if bool(((scale <= 0) | (std < 0) | ~torch.isfinite(scale) | ~torch.isfinite(std)).any()):
         raise ValueError("scale must be > 0 and std >= 0, both finite")
+    if scale.shape != std.shape or scale.numel() == 0:
+        raise ValueError(
+            f"std must have the shape of scale, {tuple(scale.shape)} (not empty), "
+            f"got {tuple(std.shape)}"
+        )
     return (
         scale,
         (std / scale) ** 2,
-        check_number("data_std", data_std, 0.0, low_open=True) ** 2,
+        check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True) ** 2,
     )
 
 
@@ -405,10 +423,14 @@ def reverse_sde_gain(scale, std, data_std: float) -> torch.Tensor:
 
 def observed_order(steps, errors) -> float:
     """Least-squares slope p of log(error) = c - p log(steps): the observed order of convergence."""
-    x, y = _vector("steps", steps).log(), _vector("errors", errors)
-    if x.shape != y.shape or x.shape[0] < 2 or bool((y <= 0).any()):
-        raise ValueError("steps and errors must have the same length >= 2, errors > 0")
-    y = y.log()
+    steps, y = _vector("steps", steps), _vector("errors", errors)
+    if bool((steps < 1).any()) or bool((steps > MAX_COUNT).any()):
+        raise ValueError(f"steps must lie in 1..{MAX_COUNT}")
+    if steps.unique().numel() < 2:
+        raise ValueError("steps must hold at least two different step counts")
+    if steps.shape != y.shape or bool((y <= 0).any()):
+        raise ValueError("errors must have the length of steps and be > 0")
+    x, y = steps.log(), y.log()
     return float(-((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
 
 
@@ -422,7 +444,7 @@ def terminal_leak(grid: TimeGrid, data_mean) -> torch.Tensor:
     schedule. Zero at zero terminal SNR.
     """
     grid = _grid(grid)
-    return grid.scale[0] * as_tensor("data_mean", data_mean, F64)
+    return grid.scale[0] * check_finite("data_mean", as_tensor("data_mean", data_mean, F64))
 
 
 # ----------------------------------------------------------------------------- precision
@@ -464,9 +486,11 @@ def precision_study(
     Returns {dtype: {"nan": int, "inf": int, "max_error": float, "rms_error": float}}, errors
     measured against the float64 output (NaN where the run produced NaN).
     """
-    if not callable(sampler) or not callable(model):
-        raise TypeError("sampler and model must be callable")
+    check_callable("sampler", sampler, "sampler(model, x, grid, generator, **options)")
+    check_callable("model", model, "model(x, point) -> x0_hat")
     x = check_float("x", x).to(F64)
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
     _grid(grid)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -510,10 +534,13 @@ def textbook_ddpm(
     ``eps_model(x, t)`` receives x in ``dtype`` and t as a 0-d int64 tensor; noise is drawn in
     float64 from ``generator`` and rounded, so runs in different dtypes share it.
     """
+    check_callable("eps_model", eps_model, "eps_model(x, t) -> eps")
     x = check_float("x", x)
     betas = check_float("betas", betas)
-    if betas.ndim != 1:
-        raise ValueError(f"betas must be 1-D, got shape {tuple(betas.shape)}")
+    if betas.ndim != 1 or betas.numel() == 0:
+        raise ValueError(f"betas must be 1-D and not empty, got shape {tuple(betas.shape)}")
+    if bool(((betas <= 0) | (betas > 1)).any()):
+        raise ValueError("betas must lie in (0, 1]")
     _check_dtype(dtype)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")

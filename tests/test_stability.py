@@ -423,7 +423,7 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="finite sigma_0"):
         zero = ZERO_SNR.grid(5)
         st.affine_map("euler_maruyama", zero, *st.gaussian_denoiser_coefficients(zero, 0.0, 1.0))
-    with pytest.raises(ValueError, match=r"data_std must be a finite number in \(0, inf\]"):
+    with pytest.raises(ValueError, match=r"data_std must be a finite number in \(0, 1e\+150\]"):
         st.marginal_law(grid, 0.0, 0.0)
     with pytest.raises(TypeError, match="data_mean must be a number"):
         st.gaussian_denoiser_coefficients(grid, "0", 1.0)
@@ -449,7 +449,7 @@ def test_arguments_are_checked():
         st.textbook_ddpm(lambda x, t: x, torch.zeros(2), LINEAR.betas, "half", gen(0))
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         st.precision_study(ddim, lambda x, t: x, torch.zeros(2, dtype=F64), grid, seed=-1)
-    with pytest.raises(ValueError, match="errors > 0"):
+    with pytest.raises(ValueError, match="errors must have the length of steps and be > 0"):
         st.observed_order([1, 2], [0.1, 0.0])
     with pytest.raises(ValueError, match="scale must be > 0"):
         st.pf_ode_gain(0.0, 1.0, 1.0)
