@@ -112,7 +112,12 @@ def check_increasing(
     """Two finite numbers with minimum < low < high <= maximum (a range such as sigma_min,
     sigma_max), as Python floats."""
     low = check_number(low_name, low, minimum, maximum, low_open=True, high_open=True)
-    return low, check_number(high_name, high, low, maximum, low_open=True)
+    high = check_number(high_name, high, minimum, maximum, low_open=True)
+    if high <= low:
+        raise ValueError(
+            f"{high_name} must exceed {low_name}, got {low_name}={low}, {high_name}={high}"
+        )
+    return low, high
 
 
 def check_shape(name: str, shape) -> tuple[int, ...]:

@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 PREDICTIONS = ("eps", "x0", "v")
+MAX_LEVEL = 1e150  # the largest scale or std given as a number: its square must stay finite
 
 
 # ------------------------------------------------------------------------------ checks
@@ -96,7 +97,7 @@ def _level(name: str, value, like: torch.Tensor, divides: bool = False) -> torch
     A Python number (what a grid point holds) is checked (finite, >= 0, > 0 where the conversion
     ``divides`` by it) and used as a float, with no tensor made."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return check_number(name, value, 0.0, low_open=divides)
+        return check_number(name, value, 0.0, MAX_LEVEL, low_open=divides)
     value = as_tensor(name, value)
     if not value.is_floating_point():
         value = value.to(torch.float64)

@@ -382,13 +382,13 @@ def gaussian_sampler_w2(
 
 def _levels(scale, std, data_std):
     scale, std = as_tensor("scale", scale, F64), as_tensor("std", std, F64)
-    if bool(((scale <= 0) | (std < 0) | ~torch.isfinite(scale) | ~torch.isfinite(std)).any()):
-        raise ValueError("scale must be > 0 and std >= 0, both finite")
     if scale.shape != std.shape or scale.numel() == 0:
         raise ValueError(
             f"std must have the shape of scale, {tuple(scale.shape)} (not empty), "
             f"got {tuple(std.shape)}"
         )
+    if bool(((scale <= 0) | (std < 0) | ~torch.isfinite(scale) | ~torch.isfinite(std)).any()):
+        raise ValueError("scale must be > 0 and std >= 0, both finite")
     return (
         scale,
         (std / scale) ** 2,

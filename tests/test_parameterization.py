@@ -119,11 +119,11 @@ def test_documented_division_by_zero():
     # eps cannot give x0 at scale = 0, nor x0 give eps or the score at std = 0: a level given
     # as a number is refused there; a level given as a tensor is not inspected (no host read),
     # and the division gives inf or NaN, as documented.
-    with pytest.raises(ValueError, match=r"scale must be a finite number in \(0, inf\]"):
+    with pytest.raises(ValueError, match=r"scale must be a finite number in \(0, 1e\+150\]"):
         x0_from_eps(eps, eps, 0.0, 1.0)
-    with pytest.raises(ValueError, match=r"std must be a finite number in \(0, inf\]"):
+    with pytest.raises(ValueError, match=r"std must be a finite number in \(0, 1e\+150\]"):
         eps_from_x0(x0, x0 + 1, 1.0, 0)
-    with pytest.raises(ValueError, match=r"std must be a finite number in \(0, inf\]"):
+    with pytest.raises(ValueError, match=r"std must be a finite number in \(0, 1e\+150\]"):
         score_from_eps(eps, 0.0)
     with pytest.raises(ValueError, match="scale and std must not both be 0"):
         x0_from_v(eps, x0, 0.0, 0.0)
