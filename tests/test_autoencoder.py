@@ -311,7 +311,7 @@ def test_sizes_are_bounded():
 @given(
     n=st.integers(0, 3),
     height=st.integers(1, 6),
-    value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3)),
+    value=st.one_of(st.floats(width=32), st.integers(-3, 3)),  # NaN and inf included
 )
 def test_scale_factor_and_metrics_refuse_by_name_or_answer_finitely(n, height, value):
     torch.manual_seed(0)
