@@ -88,6 +88,8 @@ from diffusion_core.forward import posterior_coefficients
 from diffusion_core.schedules import GridPoint, Process, TimeGrid
 
 __all__ = [
+    "MAX_CORRECTOR_STEPS",
+    "MAX_FLOW_STEPS",
     "SAMPLERS",
     "apply_steps",
     "VARIANCES",
@@ -118,6 +120,8 @@ __all__ = [
 ]
 
 VARIANCES = ("beta_tilde", "beta")
+MAX_CORRECTOR_STEPS = 100
+MAX_FLOW_STEPS = 100_000
 F64 = torch.float64
 
 
@@ -156,6 +160,11 @@ def step_rule(rule: Callable[..., list[Step]]) -> Callable:
     """Mark a sampler as the application of ``rule(grid, **options) -> list[Step]`` by
     :func:`run_steps`; the stability tools read the rule from the sampler's ``step_rule``."""
 
+    if not callable(rule):
+        raise TypeError(
+            f"rule must be callable as rule(grid, **options), got {type(rule).__name__}"
+        )
+
     def mark(sampler: Callable) -> Callable:
         sampler.step_rule = rule
         return sampler
@@ -167,7 +176,11 @@ def run_steps(steps, model, x, grid, generator=None, callback=None) -> torch.Ten
     """Apply a step rule's coefficients (a list of :class:`Step`, one per grid step) with the
     model; the loop every affine sampler shares. Arguments as for every sampler."""
     dtype = _check_call(model, x, grid, generator, callback)
-    if not isinstance(steps, list | tuple) or len(steps) != grid.steps:
+    if (
+        not isinstance(steps, list | tuple)
+        or len(steps) != grid.steps
+        or not all(isinstance(step, Step) for step in steps)
+    ):
         raise ValueError(f"steps must be a list of {grid.steps} Step, one per grid step")
     precision = torch.promote_types(dtype, torch.float32)
 
@@ -315,6 +328,8 @@ def evaluations(sampler: Callable, grid: TimeGrid, **options) -> int:
     """The number of model calls ``sampler`` makes on ``grid``: the cost of a budget, counted by
     running it on one sample with a counting stand-in for the model (Heun and the
     predictor-corrector make two calls per step but the last; UniPC one per step)."""
+    if not callable(sampler):
+        raise TypeError(f"sampler must be a sampler function, got {type(sampler).__name__}")
     calls = []
 
     def counting(x, point):
@@ -480,6 +495,12 @@ def euler_maruyama(model, x, grid, generator=None, callback=None):
     from sigma to sigma' is Song et al.'s reverse-diffusion predictor (their Eq. 47). Needs a
     finite sigma_0 (raises ``ValueError`` at zero terminal SNR). Step rule:
     :func:`euler_maruyama_steps`, which is also the predictor of :func:`predictor_corrector`.
+
+    Its error is of first order and always widens the samples: on Gaussian data, a step from the
+    exact marginal of variance v (in y) to v' gives v' (1 + (v - v')^2 / (v v')), so the output
+    is too wide at every budget, by a relative amount that falls like 1 / steps on a fine grid
+    and explodes where one step divides sigma by a large factor (see
+    :func:`predictor_corrector`). Prefer many steps of moderate ratio sigma' / sigma.
     """
     return run_steps(euler_maruyama_steps(grid), model, x, grid, generator, callback)
 
@@ -491,18 +512,44 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
     ``corrector_steps`` Langevin steps y <- y + e g + (2 e)^(1/2) z at sigma', with score
     g = (D(x, t') - y) / sigma'^2 and step size e = 2 (snr |z| / |g|)^2, so that the ratio of
     the drift to the noise in each step is the target ``snr``. The norms |z| and |g| are
-    root-mean-square over the batch (Song et al.'s code also averages them over the batch):
+    root-mean-square over the batch (Song et al.'s code averages them over the batch too):
     the per-sample norms of a low-dimensional vector do not concentrate, and a sample that sits
     where the score is small would take a huge step. In y = x / scale this one rule serves VE
     and VP alike (a Langevin step with this step size is unchanged by rescaling x; Alg. 5's
-    factor alpha_i ~ 1 is left out). Needs a finite sigma_0. Because the step size is set by
-    the whole batch (it depends on the norm of the state), the sampler is not affine in x and
-    has no step rule; and a sample's path depends on the batch it is drawn in even with one
-    generator per sample, unlike the other stochastic samplers.
+    factor alpha_i = 1 - beta_i of the VP code, within 2 % of 1 on the DDPM schedule, is left
+    out). The corrector runs at the level the predictor reached, as in Song et al.'s loop (their
+    corrector at t_i precedes the predictor from t_i), and none runs on the clean last point,
+    whose step returns the denoiser's output (the mean of their final predictor step).
+
+    What the method does, exactly, on Gaussian data N(mu, s_d^2) (Chapter 3 measures it):
+
+    - The predictor is first order in the step. From the exact marginal at sigma, one step
+      gives the variance v' (1 + (v - v')^2 / (v v')) in place of v' (v = s_d^2 + sigma^2,
+      v' = s_d^2 + sigma'^2, in y): always too wide, and by about (sigma / sigma')^2 where
+      sigma' << sigma. So a grid with a few large steps, such as a Karras grid from the DDPM
+      schedule's sigma_max = 157 with 3 steps, returns data of std 0.5 with a variance 145
+      times too large, and the corrector cannot repair it: its step e shrinks as the spread
+      grows.
+    - A fixed-snr corrector has a bias of its own: at a level where the state's variance is V,
+      e = 2 snr^2 v^2 / V (for a large batch), and the Langevin steps settle at V = (1 + snr^2)
+      v, not v. With many steps the output variance tends to (1 + snr^2) s_d^2 (+2.6 % at the
+      default snr = 0.16) while Euler-Maruyama's bias falls like 1 / steps: more steps stop
+      helping, and with 500 steps of the DDPM schedule the output is wider than
+      Euler-Maruyama's with as many steps (variance +2.4 % against +1.3 %).
+
+    Use it with many small steps (e.g. a trailing grid of 100 or more steps) and a small
+    ``snr``; ``corrector_steps`` is at most :data:`MAX_CORRECTOR_STEPS` (beyond a few the
+    Langevin chain has settled at its biased variance) and ``snr`` lies in [0, 1] (at snr = 1
+    the variance doubles). Needs a finite sigma_0. Because the step size is set by the whole
+    batch (it depends on the norm of the state), the sampler is not affine in x and has no step
+    rule; and a sample's path depends on the batch it is drawn in even with one generator per
+    sample, unlike the other stochastic samplers.
     """
     dtype = _check_call(model, x, grid, generator, callback)
-    corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
-    snr = check_number("snr", snr, 0.0)
+    corrector_steps = check_positive_int(
+        "corrector_steps", corrector_steps, minimum=0, maximum=MAX_CORRECTOR_STEPS
+    )
+    snr = check_number("snr", snr, 0.0, 1.0)
     predictor, points = euler_maruyama_steps(grid), grid.points
     precision = torch.promote_types(dtype, torch.float32)
 
@@ -677,18 +724,20 @@ def flow_endpoint(
     ``process``, to high accuracy: a reference for pathwise errors
     (:func:`diffusion_core.metrics.rms_distance`).
 
-    ``steps`` :func:`unipc` steps over the Karras noise levels from sigma(t) down to
-    ``sigma_min`` (dense near the data, where the paths bend), placed on the process's own clock
-    by :meth:`~diffusion_core.schedules.Process.time_at`, then onto sigma = 0. The ODE in y =
-    x / scale is the same for every process, so the answer does not depend on which one the
-    model is written for. Returns x0, in the dtype of x. Its error falls like steps^-3 down to
-    a floor of order sigma_min^2 set by the first-order last step; the distance between two
-    step counts bounds it.
+    ``steps`` (at most :data:`MAX_FLOW_STEPS`) :func:`unipc` steps over the Karras noise levels
+    from sigma(t) down to ``sigma_min`` (dense near the data, where the paths bend), placed on
+    the process's own clock by :meth:`~diffusion_core.schedules.Process.time_at`, then onto
+    sigma = 0. The ODE in y = x / scale is the same for every process, so the answer does not
+    depend on which one the model is written for. Returns x0, in the dtype of x. Its error
+    falls like steps^-3 down to a floor of order sigma_min^2 set by the first-order last step;
+    the distance between two step counts bounds it.
     """
     check_float("x", x)
     if not isinstance(process, Process):
         raise TypeError(f"process must be a Process, got {type(process).__name__}")
-    steps = check_positive_int("steps", steps, minimum=2)
+    if isinstance(t, bool) or not isinstance(t, int | float | torch.Tensor):
+        raise TypeError(f"t must be a number or a 0-d tensor, got {type(t).__name__}")
+    steps = check_positive_int("steps", steps, minimum=2, maximum=MAX_FLOW_STEPS)
     sigma_min = check_number("sigma_min", sigma_min, 0.0, low_open=True)
     t_start = torch.as_tensor(t, dtype=F64 if not isinstance(t, int) else None).reshape(1)
     scale, std = (float(v) for v in process.marginal(t_start))
@@ -784,7 +833,8 @@ def classifier_free_guidance(model: Callable, weight: float, label, null_label: 
     the score of p_t(x) p_t(c | x)^w: an implicit classifier p_t(c | x), raised to the power w.
 
     ``label``: a non-negative int, or an integer tensor with one label per sample (checked once,
-    here). ``model(x, point, labels)`` is called with the grid point the sampler gives. Returns
+    here), never ``null_label`` (that is the unconditional model: use weight 0).
+    ``model(x, point, labels)`` is called with the grid point the sampler gives. Returns
     ``guided(x, point)`` with the signature every sampler takes (build ``model`` with
     :func:`diffusion_core.parameterization.as_denoiser` if the network predicts eps or v). When
     both predictions are needed they come from one call on a batch of 2n.
@@ -796,6 +846,11 @@ def classifier_free_guidance(model: Callable, weight: float, label, null_label: 
     weight = check_number("weight", weight)
     null_label = check_positive_int("null_label", null_label, minimum=0)
     label = _check_label(label)
+    if bool((label == null_label).any()):
+        raise ValueError(
+            f"label must not contain the null label {null_label}: the unconditional model is "
+            "weight = 0"
+        )
 
     def guided(x: torch.Tensor, point) -> torch.Tensor:
         n = x.shape[0]

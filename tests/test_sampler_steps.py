@@ -324,3 +324,25 @@ def test_per_sample_seeds_and_generators_are_pinned():
         [0.06389959466220221, -0.6546891528784816],
         [1.7307121824415201, 0.03766554695812123],
     ]
+
+
+FINAL_STEP_CASES = [
+    (ddpm, {"variance": "beta_tilde"}),
+    (ddpm, {"variance": "beta"}),
+    (ddim, {"eta": 1.0}),
+    (euler, {}),
+    (heun, {}),
+    (euler_maruyama, {}),
+    (predictor_corrector, {"corrector_steps": 2}),
+    (dpm_solver_pp_2m, {}),
+    (unipc, {}),
+]
+
+
+@pytest.mark.parametrize("sampler, options", FINAL_STEP_CASES)
+def test_the_last_step_returns_the_denoiser_output_without_noise(sampler, options):
+    """The final-step policy: the step onto std = 0 returns D(x) at the previous point, with no
+    noise whatever the variance option (Ho et al. 2020, Alg. 2; Karras et al. 2022, Alg. 1)."""
+    x = start()
+    out = sampler(model, x, GRID[2:], torch.Generator().manual_seed(5), **options)
+    torch.testing.assert_close(out, model(x, GRID.points[2]), **TOL)

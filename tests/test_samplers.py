@@ -40,15 +40,23 @@ from diffusion_core.parameterization import (
 from diffusion_core.samplers import (
     SAMPLERS,
     ddim,
+    ddim_steps,
     ddpm,
+    ddpm_steps,
     dpm_solver_pp_2m,
+    dpm_solver_pp_2m_steps,
     euler,
     euler_maruyama,
+    euler_maruyama_steps,
+    euler_steps,
     evaluations,
     flow_endpoint,
     heun,
+    heun_steps,
     predictor_corrector,
     prior_sample,
+    run_steps,
+    step_rule,
     unipc_steps,
 )
 from diffusion_core.schedules import (
@@ -687,8 +695,66 @@ def test_sampler_options_are_checked(exact_model, ddpm_schedule):
         ddim(exact_model, x, grid, eta="1")
     with pytest.raises(ValueError, match=r"corrector_steps must be in 0\.\., got -1"):
         predictor_corrector(exact_model, x, grid, corrector_steps=-1)
-    with pytest.raises(ValueError, match=r"snr must be a finite number in \[0, inf\], got -0\.1"):
+    with pytest.raises(ValueError, match=r"snr must be a finite number in \[0, 1\], got -0\.1"):
         predictor_corrector(exact_model, x, grid, snr=-0.1)
+
+
+def test_counts_are_bounded_and_float_options_finite(exact_model, ddpm_schedule):
+    """A count that would hang the loop is refused before any model call, and so is a float
+    option that is infinite or NaN."""
+    grid = ddpm_schedule.grid(4)
+    x = prior_sample(grid, (4, 2), gen(18))
+    with pytest.raises(ValueError, match=r"corrector_steps must be in 0\.\.100, got 1000000000000"):
+        predictor_corrector(exact_model, x, grid, corrector_steps=10**12)
+    with pytest.raises(TypeError, match="corrector_steps must be an int, got float"):
+        predictor_corrector(exact_model, x, grid, corrector_steps=1.0)
+    for snr in (math.inf, -math.inf, math.nan, 1.5):
+        with pytest.raises(ValueError, match=r"snr must be a finite number in \[0, 1\], got"):
+            predictor_corrector(exact_model, x, grid, snr=snr)
+    for eta in (math.inf, -math.inf):
+        with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\], got"):
+            ddim(exact_model, x, grid, eta=eta)
+    with pytest.raises(ValueError, match=r"variance must be one of \('beta_tilde', 'beta'\)"):
+        ddpm(exact_model, x, grid, variance=None)
+    process = VPSDE()
+    with pytest.raises(ValueError, match=r"steps must be in 2\.\.100000, got 1000000000000"):
+        flow_endpoint(exact_model, x, process, 0.5, steps=10**12)
+    with pytest.raises(TypeError, match="t must be a number or a 0-d tensor, got bool"):
+        flow_endpoint(exact_model, x, process, True)
+    with pytest.raises(TypeError, match="t must be a number or a 0-d tensor, got str"):
+        flow_endpoint(exact_model, x, process, "0.5")
+    for t in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            flow_endpoint(exact_model, x, process, t)
+    for sigma_min in (math.inf, math.nan, 0.0):
+        with pytest.raises(ValueError, match=r"sigma_min must be a finite number in \(0, inf\]"):
+            flow_endpoint(exact_model, x, process, 0.5, sigma_min=sigma_min)
+
+
+def test_plumbing_arguments_are_checked(exact_model, ddpm_schedule):
+    grid = ddpm_schedule.grid(4)
+    x = prior_sample(grid, (4, 2), gen(19))
+    with pytest.raises(TypeError, match="sampler must be a sampler function, got str"):
+        evaluations("ddpm", grid)
+    with pytest.raises(TypeError, match="grid must be a TimeGrid, got Schedule"):
+        evaluations(ddpm, ddpm_schedule)
+    with pytest.raises(TypeError, match="rule must be callable as rule"):
+        step_rule(None)
+    with pytest.raises(ValueError, match="steps must be a list of 4 Step, one per grid step"):
+        run_steps(euler_steps(grid)[:3], exact_model, x, grid)
+    with pytest.raises(ValueError, match="steps must be a list of 4 Step, one per grid step"):
+        run_steps([None] * 4, exact_model, x, grid)
+    for rule in (
+        ddpm_steps,
+        ddim_steps,
+        euler_steps,
+        heun_steps,
+        euler_maruyama_steps,
+        dpm_solver_pp_2m_steps,
+        unipc_steps,
+    ):
+        with pytest.raises(TypeError, match="grid must be a TimeGrid, got Schedule"):
+            rule(ddpm_schedule)
 
 
 # ------------------------------------------------------------- no host synchronisation
@@ -774,9 +840,9 @@ def test_edm_grids_are_the_variance_exploding_view():
         TimeGrid(t, torch.ones_like(t), t)
     with pytest.raises(TypeError, match="t must be a 1-D torch.Tensor"):
         TimeGrid([1.0, 0.5, 0.0], torch.ones(3, dtype=F64), torch.ones(3, dtype=F64))
-    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max < inf"):
+    with pytest.raises(ValueError, match=r"sigma_min must be a finite number in \(0, inf\)"):
         EDM(0.0, 80.0)
-    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max < inf"):
+    with pytest.raises(ValueError, match=r"sigma_max must be a finite number in \(0, inf\]"):
         EDM(1.0, math.inf)
 
 
@@ -809,7 +875,7 @@ def test_time_grid_indexing_and_slicing(ddpm_schedule):
     assert (grid[-1].sigma, grid[-1].log_snr) == (0.0, math.inf)
     zero = RectifiedFlow().grid(4)[0]
     assert (zero.scale, zero.std, zero.sigma, zero.log_snr) == (0.0, 1.0, math.inf, -math.inf)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="index out of range"):
         grid[11]
     with pytest.raises(ValueError, match="at least 2 points"):
         grid[3:4]  # a single point is not a grid
