@@ -264,7 +264,9 @@ def _check_gaussian(index: int, mean, cov, dim: int | None) -> tuple[torch.Tenso
             f"{mean_name} must have shape ({dim},) like mean1, got {tuple(mean.shape)}"
         )
     if cov.shape != (d, d):
-        raise ValueError(f"{cov_name} must have shape ({d}, {d}), got {tuple(cov.shape)}")
+        raise ValueError(
+            f"{cov_name} must have shape ({d}, {d}) to match {mean_name}, got {tuple(cov.shape)}"
+        )
     asymmetry = float((cov - cov.mT).abs().max())
     if asymmetry > 1e-6 * max(1.0, float(cov.abs().max())):
         raise ValueError(f"{cov_name} must be symmetric, max |C - C^T| = {asymmetry:.3g}")

@@ -25,8 +25,8 @@ from torch import nn
 
 from diffusion_core._validation import check_positive_int
 
-MAX_WIDTH = 65_536  # the widest layer (channels, features) a network may ask for
-MAX_DEPTH = 1_000  # the most blocks or levels
+MAX_WIDTH = 4096  # the widest layer (channels, features) a network may ask for
+MAX_DEPTH = 256  # the most blocks or levels
 
 __all__ = [
     "CrossAttention",
@@ -197,6 +197,11 @@ def _check_channels(channels) -> tuple[int, ...]:
         raise ValueError(f"channels must list at most {MAX_DEPTH} levels, got {len(channels)}")
     for width in channels:
         check_positive_int("channels", width, maximum=MAX_WIDTH)
+    if channels[0] % 2 or channels[0] < 2:
+        raise ValueError(
+            f"channels[0] must be even and >= 2 (it is the width of the time embedding's sines "
+            f"and cosines), got {channels[0]}"
+        )
     return tuple(channels)
 
 

@@ -108,7 +108,7 @@ def test_sampling_loops_make_no_synchronising_cuda_call(name, mixture, schedule)
     assert out.device.type == "cuda" and bool(torch.isfinite(out).all())
     # The check does catch a synchronising call.
     torch.cuda.set_sync_debug_mode("error")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="synchroniz"):
         out.sum().item()
 
 

@@ -241,7 +241,7 @@ def test_training_leaves_the_tf32_flags_as_it_found_them(restore_tf32, monkeypat
     with pytest.raises(TypeError, match="mixed_precision"):
         _tiny_run(mixed_precision=1)  # fails before training: the flags are never touched
     monkeypatch.setattr(train_module, "_loop", lambda *args: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError, match="division by zero"):
         _tiny_run(mixed_precision=True)
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert seen == [True, False, True]

@@ -58,17 +58,17 @@ def test_embedding_dtype_follows_t():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "match"),
     [
-        ({"dim": 5}, ValueError),
-        ({"dim": 0}, ValueError),
-        ({"dim": 4.0}, TypeError),
-        ({"dim": 4, "max_period": 1.0}, ValueError),
-        ({"dim": 4, "max_period": "big"}, TypeError),
+        ({"dim": 5}, ValueError, "dim must be even"),
+        ({"dim": 0}, ValueError, "dim must be in 2"),
+        ({"dim": 4.0}, TypeError, "dim must be an int"),
+        ({"dim": 4, "max_period": 1.0}, ValueError, "max_period"),
+        ({"dim": 4, "max_period": "big"}, TypeError, "max_period must be a number"),
     ],
 )
-def test_embedding_rejects_bad_arguments(kwargs, error):
-    with pytest.raises(error):
+def test_embedding_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         SinusoidalEmbedding(**kwargs)
 
 
@@ -144,17 +144,20 @@ def test_gradients_reach_every_parameter():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "match"),
     [
-        ({"data_dim": 0}, ValueError),
-        ({"hidden": 0}, ValueError),
-        ({"depth": -1}, ValueError),
-        ({"time_dim": 7}, ValueError),
-        ({"data_dim": 2.0}, TypeError),
+        ({"data_dim": 0}, ValueError, "data_dim must be in 1"),
+        ({"hidden": 0}, ValueError, "hidden must be in 1"),
+        ({"hidden": 10**6}, ValueError, "hidden must be in 1..4096"),
+        ({"depth": -1}, ValueError, "depth must be in 0"),
+        ({"depth": 10**4}, ValueError, "depth must be in 0..256"),
+        ({"time_dim": 7}, ValueError, "time_dim must be even"),
+        ({"time_dim": 0}, ValueError, "time_dim must be in 2"),
+        ({"data_dim": 2.0}, TypeError, "data_dim must be an int"),
     ],
 )
-def test_constructor_rejects_bad_arguments(kwargs, error):
-    with pytest.raises(error):
+def test_constructor_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         MLPDenoiser(**kwargs)
 
 

@@ -138,17 +138,20 @@ def test_forward_rejects_bad_inputs():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "match"),
     [
-        ({"channels": ()}, TypeError),
-        ({"channels": (8, 0)}, ValueError),
-        ({"blocks": 0}, ValueError),
-        ({"attention": 1}, TypeError),
-        ({"num_classes": 0}, ValueError),
+        ({"channels": ()}, TypeError, "channels must be a non-empty tuple"),
+        ({"channels": (8, 0)}, ValueError, "channels must be in 1"),
+        ({"channels": (8, 10**6)}, ValueError, "channels must be in 1..4096"),
+        ({"blocks": 0}, ValueError, "blocks must be in 1"),
+        ({"blocks": 10**5}, ValueError, "blocks must be in 1..256"),
+        ({"attention": 1}, TypeError, "attention must be True or False"),
+        ({"num_classes": 0}, ValueError, "num_classes must be in 1"),
+        ({"groups": 0}, ValueError, "groups must be in 1"),
     ],
 )
-def test_constructor_rejects_bad_arguments(kwargs, error):
-    with pytest.raises(error):
+def test_constructor_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         UNet(**kwargs)
 
 

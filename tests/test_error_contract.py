@@ -1,0 +1,183 @@
+"""The error contract of the public API, on property-based examples.
+
+For each function below, hypothesis replaces one argument of a valid call by an arbitrary
+value (numbers of every size and sign, NaN and infinities, None, strings, bools, lists, tensors
+of odd shapes, dtypes and values). Whatever it draws, the call must either return a finite
+result of the documented shape, or raise a ``ValueError`` or ``TypeError`` whose message names
+the argument that was replaced. Nothing else: no torch ``RuntimeError``, ``IndexError`` or
+``ZeroDivisionError``, no NaN, no hang (every count is bounded).
+
+Functions that document that they do not inspect the values of tensor arguments (the
+conversions of :mod:`diffusion_core.parameterization`, which a sampling loop calls) may pass a
+non-finite tensor through; every other non-finite result fails.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffusion_core import analytic, forward, metrics, parameterization, schedules, stability
+from diffusion_core.nets import MLPDenoiser, UNet
+
+F64 = torch.float64
+LIN = schedules.linear_schedule(50)
+GRID = LIN.grid(4)
+MIX = analytic.default_mixture_2d()
+
+
+def x2(n=6):
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(n), dtype=F64)
+
+
+# name: (function, valid keyword arguments, the result's shape (or a function of the
+# arguments giving it, or None where it is not a tensor), tensor values inspected)
+CALLS = {
+    "linear_schedule": (schedules.linear_schedule, lambda: {"T": 20}, None, True),
+    "karras_sigmas": (
+        schedules.karras_sigmas,
+        lambda: {"n": 5, "rho": 7.0},
+        lambda kwargs: (kwargs["n"],),
+        True,
+    ),
+    "VESDE": (schedules.VESDE, lambda: {"sigma_min": 0.01, "sigma_max": 50.0}, None, True),
+    "grid": (LIN.grid, lambda: {"steps": 5, "spacing": "karras", "rho": 7.0}, None, True),
+    "timestep_spacing": (
+        schedules.timestep_spacing,
+        lambda: {"T": 50, "k": 5},
+        lambda kwargs: (kwargs["k"],),
+        True,
+    ),
+    "posterior_coefficients": (
+        forward.posterior_coefficients,
+        lambda: {"scale_t": 0.5, "std_t": 0.8, "scale_s": 0.7, "std_s": 0.6},
+        None,
+        True,
+    ),
+    "q_sample": (
+        forward.q_sample,
+        lambda: {"schedule": LIN, "x0": x2(), "t": torch.full((6,), 7), "noise": x2()},
+        (6, 2),
+        True,
+    ),
+    "seed_article_variance": (
+        forward.seed_article_variance,
+        lambda: {"steps": 5, "data_variance": 1.0},
+        None,  # the shape of steps
+        True,
+    ),
+    "ring_mixture": (analytic.ring_mixture, lambda: {"n_components": 4, "radius": 2.0}, None, True),
+    "x0_pred": (MIX.x0_pred, lambda: {"x": x2(), "scale": 0.5, "std": 0.8}, (6, 2), True),
+    "x0_from_eps": (
+        parameterization.x0_from_eps,
+        lambda: {"x": x2(), "eps": x2(), "scale": 0.5, "std": 0.8},
+        (6, 2),
+        False,
+    ),
+    "x0_from_v": (
+        parameterization.x0_from_v,
+        lambda: {"x": x2(), "v": x2(), "scale": 0.5, "std": 0.8},
+        (6, 2),
+        False,
+    ),
+    "sliced_wasserstein": (
+        metrics.sliced_wasserstein,
+        lambda: {"x": x2(), "y": x2(7), "n_projections": 8},
+        (),
+        True,
+    ),
+    "mmd_rbf": (metrics.mmd_rbf, lambda: {"x": x2(), "y": x2(7), "bandwidth": 1.0}, (), True),
+    "rms_distance": (metrics.rms_distance, lambda: {"x": x2(), "y": x2()}, (), True),
+    "gaussian_w2": (
+        metrics.gaussian_w2,
+        lambda: {
+            "mean1": torch.zeros(2),
+            "cov1": torch.eye(2),
+            "mean2": torch.ones(2),
+            "cov2": torch.eye(2),
+        },
+        (),
+        True,
+    ),
+    "gaussian_sampler_w2": (
+        stability.gaussian_sampler_w2,
+        lambda: {"name": "heun", "grid": GRID, "data_mean": 0.3, "data_std": 0.8},
+        (),
+        True,
+    ),
+    "pf_ode_gain": (
+        stability.pf_ode_gain,
+        lambda: {"scale": GRID.scale[:-1], "std": GRID.std[:-1], "data_std": 0.5},
+        (4,),
+        True,
+    ),
+    "observed_order": (
+        stability.observed_order,
+        lambda: {"steps": [10, 20, 40], "errors": [1e-2, 2.5e-3, 6.3e-4]},
+        None,
+        True,
+    ),
+    "MLPDenoiser": (MLPDenoiser, lambda: {"hidden": 8, "depth": 1, "time_dim": 4}, None, True),
+    "UNet": (UNet, lambda: {"channels": (4, 8), "attention": False, "groups": 2}, None, True),
+}
+
+numbers = st.one_of(
+    st.integers(min_value=-(10**15), max_value=10**15),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, -1, 0.5, 1e-300, 1e300]),
+)
+tensors = st.builds(
+    lambda shape, dtype, fill: torch.full(shape, fill, dtype=F64).to(dtype),
+    st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+    st.sampled_from([torch.float64, torch.float32, torch.int64, torch.bool]),
+    st.sampled_from([0.0, 1.0, -1.0, 1e200, math.nan, math.inf]),
+)
+values = st.one_of(
+    numbers,
+    tensors,
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.lists(numbers, max_size=4),
+    st.tuples(st.integers(-3, 64), st.integers(-3, 64)),
+    st.just((10**7, 10**7)),
+)
+
+
+def finite(result) -> bool:
+    if isinstance(result, torch.Tensor):
+        return not result.is_floating_point() or bool(torch.isfinite(result).all())
+    if isinstance(result, float):
+        return math.isfinite(result)
+    if isinstance(result, tuple | list):
+        return all(finite(item) for item in result)
+    return True
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_one_bad_argument_is_refused_by_name_or_answered_finitely(name, data):
+    function, valid, shape, inspects_tensors = CALLS[name]
+    kwargs = valid()
+    argument = data.draw(st.sampled_from(sorted(kwargs)), label="argument")
+    value = data.draw(values, label="value")
+    kwargs[argument] = value
+    try:
+        result = function(**kwargs)
+    except (ValueError, TypeError) as error:
+        assert argument in str(error), f"{type(error).__name__} does not name {argument}: {error}"
+        return
+    passed_through = isinstance(value, torch.Tensor) and not finite(value)
+    assert finite(result) or (passed_through and not inspects_tensors), result
+    if callable(shape):
+        shape = shape(kwargs)
+    if shape is not None and isinstance(result, torch.Tensor):
+        assert tuple(result.shape) == shape
