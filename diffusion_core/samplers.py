@@ -737,6 +737,8 @@ def flow_endpoint(
         raise TypeError(f"process must be a Process, got {type(process).__name__}")
     if isinstance(t, bool) or not isinstance(t, int | float | torch.Tensor):
         raise TypeError(f"t must be a number or a 0-d tensor, got {type(t).__name__}")
+    if isinstance(t, torch.Tensor) and t.numel() != 1:
+        raise ValueError(f"t must be one time, a 0-d tensor, got shape {tuple(t.shape)}")
     steps = check_positive_int("steps", steps, minimum=2, maximum=MAX_FLOW_STEPS)
     sigma_min = check_number("sigma_min", sigma_min, 0.0, low_open=True)
     t_start = torch.as_tensor(t, dtype=F64 if not isinstance(t, int) else None).reshape(1)

@@ -723,6 +723,8 @@ def test_counts_are_bounded_and_float_options_finite(exact_model, ddpm_schedule)
         flow_endpoint(exact_model, x, process, True)
     with pytest.raises(TypeError, match="t must be a number or a 0-d tensor, got str"):
         flow_endpoint(exact_model, x, process, "0.5")
+    with pytest.raises(ValueError, match=r"t must be one time, a 0-d tensor, got shape \(2,\)"):
+        flow_endpoint(exact_model, x, process, torch.tensor([0.5, 0.4]))
     for t in (math.nan, math.inf):
         with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
             flow_endpoint(exact_model, x, process, t)
