@@ -40,14 +40,19 @@ torch.set_num_threads(1)
 
 from diffusion_core import (  # noqa: E402
     analytic,
+    autoencoder,
     device,
     forward,
+    images,
+    latent,
     metrics,
     nets,
     parameterization,
     samplers,
     schedules,
     stability,
+    text,
+    train,
 )
 
 F64 = torch.float64
@@ -75,6 +80,12 @@ def conditional(x, point, labels):
     return samplers.exact_conditional_denoiser(MIX)(x, point, labels)
 
 
+TINY = nets.MLPDenoiser(hidden=8, depth=1, time_dim=4)
+CLASSIFIER = images.DigitsClassifier()
+VAE = autoencoder.ConvVAE(channels=8)
+LATENT = latent.LatentDiffusion(
+    latent.LatentConfig(channels=(16, 16), text_dim=8, heads=2, T=100, steps=10, batch_size=4)
+)
 AFFINE = stability.affine_map("ddim", GRID, *stability.gaussian_denoiser_coefficients(GRID, 0, 1))
 
 # name: (callable, valid keyword arguments as a factory)
@@ -433,6 +444,59 @@ CASES = {
         lambda: dict(shape=(3, 2), generator=gen(), dtype=F64),
     ),
     "device.seed_everything": (device.seed_everything, lambda: dict(seed=3, threads=1)),
+    # training and the image, latent and text models
+    "train.TrainConfig": (
+        train.TrainConfig,
+        lambda: dict(steps=10, batch_size=4, lr=1e-3, grad_clip=1.0, ema_decay=0.99),
+    ),
+    "train.RunConfig": (train.RunConfig, lambda: dict(log_every=5, checkpoint_every=0)),
+    "train.update_ema": (
+        train.update_ema,
+        lambda: dict(ema=nets.MLPDenoiser(hidden=8, depth=1, time_dim=4), net=TINY, decay=0.9),
+    ),
+    "train.ema_decay_at": (train.ema_decay_at, lambda: dict(decay=0.999, step=10)),
+    "images.accuracy": (
+        images.accuracy,
+        lambda: dict(
+            classifier=CLASSIFIER,
+            images=torch.zeros(4, 1, 8, 8),
+            labels=torch.tensor([0, 1, 2, 3]),
+        ),
+    ),
+    "autoencoder.ConvVAE": (
+        autoencoder.ConvVAE,
+        lambda: dict(image_channels=1, channels=8, latent_channels=2),
+    ),
+    "autoencoder.latent_scale_factor": (
+        autoencoder.latent_scale_factor,
+        lambda: dict(model=VAE, data=torch.rand(6, 1, 8, 8) * 2 - 1, generator=gen()),
+    ),
+    "autoencoder.reconstruction_metrics": (
+        autoencoder.reconstruction_metrics,
+        lambda: dict(model=VAE, data=torch.rand(6, 1, 8, 8) * 2 - 1),
+    ),
+    "autoencoder.kl_to_standard_normal": (
+        autoencoder.kl_to_standard_normal,
+        lambda: dict(mean=torch.zeros(3, 2, 4, 4), logvar=torch.zeros(3, 2, 4, 4)),
+    ),
+    "latent.LatentConfig": (
+        latent.LatentConfig,
+        lambda: dict(channels=(16, 16), text_dim=8, heads=2, T=100, steps=10, batch_size=4),
+    ),
+    "latent.generate": (
+        latent.generate,
+        lambda: dict(model=LATENT, prompts=["the digit 3"], guidance=2.0, steps=3, generator=gen()),
+    ),
+    "text.make_prompts": (text.make_prompts, lambda: dict(labels=[1, 2], generator=gen())),
+    "text.drop_prompts": (
+        text.drop_prompts,
+        lambda: dict(prompts=["a 1", "a 2"], probability=0.5, generator=gen()),
+    ),
+    "text.Tokenizer.encode": (text.Tokenizer().encode, lambda: dict(prompts=["the digit 3"])),
+    "text.TextEncoder": (
+        text.TextEncoder,
+        lambda: dict(vocab_size=20, max_length=8, dim=8, layers=1, heads=2),
+    ),
 }
 
 # The values an argument is replaced by, chosen by the kind of its valid value.

@@ -212,6 +212,8 @@ def ema_decay_at(decay: float, step: int) -> float:
     forget quickly (0.18 at step 1, 0.5 at step 8, 0.9 at step 80), so the average is not
     dominated by the random initial weights; from about 9,000 steps on, the decay is 0.999.
     """
+    decay = check_number("decay", decay, 0.0, 1.0)
+    step = check_positive_int("step", step, maximum=MAX_STEPS)
     return min(decay, (1 + step) / (10 + step))
 
 
@@ -221,6 +223,9 @@ def learning_rate_at(config: TrainConfig, step: int) -> float:
     The cosine decays from lr at the first step towards 0 after the last (Loshchilov & Hutter
     2017, SGDR without restarts): large steps while the loss falls fast, small ones to settle.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    check_positive_int("step", step, minimum=0, maximum=config.steps - 1)
     if config.lr_schedule == "constant":
         return config.lr
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))

@@ -561,3 +561,16 @@ def test_update_ema_either_refuses_the_decay_by_name_or_stays_finite(decay):
         assert str(error).startswith("decay must be"), str(error)
         return
     assert all(bool(torch.isfinite(p).all()) for p in ema.parameters())
+
+
+def test_schedules_of_the_loop_refuse_bad_input_by_name():
+    with pytest.raises(ValueError, match=r"decay must be a finite number in \[0, 1\]"):
+        ema_decay_at(math.nan, 3)
+    with pytest.raises(ValueError, match=r"decay must be a finite number in \[0, 1\]"):
+        ema_decay_at(1.5, 3)
+    with pytest.raises(ValueError, match="step must be in 1"):
+        ema_decay_at(0.99, 0)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        learning_rate_at({"lr": 0.1}, 0)
+    with pytest.raises(ValueError, match="step must be in 0..3"):
+        learning_rate_at(tiny_config(steps=4), 4)
