@@ -204,7 +204,8 @@ class GaussianMixture:
         """log p_t(x) of equation (1), shape (n,); defaults give the data density log p_0.
 
         Evaluated as log-sum-exp over components, so that points far from every component give
-        a large negative number rather than -inf.
+        a large negative number rather than -inf, down to the float64 range: beyond |x| ~ 1e154
+        the true value is below -1e308 and rounds to -inf.
         """
         return torch.logsumexp(self._log_joint(x, scale, std)[0], dim=1)
 

@@ -566,7 +566,10 @@ def predictor_corrector(model, x, grid, generator=None, callback=None, corrector
             y = x / a
             g = (_denoise(model, x, points[i + 1], dtype) - y) / sigma**2
             z = noise(y)
-            e = 2 * (snr * _rms_norm(z) / _rms_norm(g)) ** 2
+            g_norm = _rms_norm(g)
+            # Where the score vanishes for the whole batch there is no drift to balance: no move
+            # (not 0 / 0).
+            e = torch.where(g_norm > 0, 2 * (snr * _rms_norm(z) / g_norm) ** 2, 0.0)
             x = a * (y + e * g + (2 * e).sqrt() * z)
         if callback is not None:
             callback(i, x, _x0_hat(d))
@@ -760,8 +763,11 @@ def _check_call(model, x, grid, generator, callback) -> torch.dtype:
             f"model must be callable as model(x, point) -> x0_hat, got {type(model).__name__}"
         )
     check_float("x", x)
-    if x.ndim < 1:
-        raise ValueError("x must have a batch axis, shape (n, ...), got shape ()")
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(
+            f"x must have a batch axis with at least one sample, shape (n, ...), got "
+            f"{tuple(x.shape)}"
+        )
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     check_generator(generator, x.shape[0], x.device)
@@ -908,6 +914,11 @@ def exact_conditional_denoiser(mixture: GaussianMixture) -> Callable:
     ]
 
     def model(x: torch.Tensor, point, labels: torch.Tensor) -> torch.Tensor:
+        check_float("x", x)
+        if x.ndim != 2 or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (n, d) with n >= 1, got {tuple(x.shape)}")
+        if not isinstance(point, GridPoint):
+            raise TypeError(f"point must be a GridPoint, got {type(point).__name__}")
         labels = check_labels("labels", labels, x.shape[0], mixture.n_components + 1)
         scale, std = point.scale, point.std
         candidates = torch.stack(

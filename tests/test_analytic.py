@@ -361,3 +361,24 @@ def test_methods_reject_bad_x_and_noise_levels():
         mixture.sample(0, make_generator(0))
     with pytest.raises(TypeError, match="generator"):
         mixture.sample(3, 0)
+
+
+def test_the_denoiser_and_score_stay_finite_far_from_every_component():
+    # Beyond |x| ~ 1e154 every squared distance overflows; the responsibilities then go, as
+    # in the limit, to the component nearest in Mahalanobis distance, and the denoiser and
+    # the score are finite.
+    mixture = default_mixture_2d()
+    x = torch.tensor([[1e155, 3e154], [-1e200, 1e200], [1.0, 2.0]], dtype=torch.float64)
+    r = mixture.responsibilities(x, 0.5, 0.8)
+    assert bool(torch.isfinite(r).all())
+    torch.testing.assert_close(r.sum(dim=1), torch.ones(3, dtype=torch.float64))
+    assert r[0].tolist() == [1.0, 0.0, 0.0] and r[1].tolist() == [0.0, 1.0, 0.0]
+    nearby = mixture.responsibilities(x[2:], 0.5, 0.8)
+    torch.testing.assert_close(r[2:], nearby, rtol=0, atol=0)
+    for value in (mixture.x0_pred(x, 0.5, 0.8), mixture.score(x, 0.5, 0.8)):
+        assert bool(torch.isfinite(value).all())
+    # Far along a direction, the denoiser is the nearest component's linear map.
+    nearest = GaussianMixture(torch.ones(1), mixture.means[:1], mixture.covs[:1])
+    torch.testing.assert_close(mixture.x0_pred(x[:1], 0.5, 0.8), nearest.x0_pred(x[:1], 0.5, 0.8))
+    with pytest.raises(ValueError, match="scale must be at most 1e"):
+        mixture.x0_pred(x, 1e200, 0.8)

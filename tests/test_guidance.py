@@ -260,3 +260,17 @@ def test_train_config_and_labels_are_checked():
         train(net, data, objective, TrainConfig(steps=1), progress=False, labels=torch.arange(3))
     with pytest.raises(TypeError, match="labels"):
         train(net, data, objective, TrainConfig(steps=1), progress=False, labels=torch.ones(10))
+
+
+def test_the_exact_conditional_denoiser_checks_its_call():
+    model = samplers.exact_conditional_denoiser(default_mixture_2d())
+    point = linear_schedule(100).grid(4)[1]
+    labels = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model([[0.0, 1.0]], point, labels)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, d\) with n >= 1"):
+        model(torch.zeros(0, 2, dtype=torch.float64), point, labels[:0])
+    with pytest.raises(TypeError, match="point must be a GridPoint"):
+        model(torch.zeros(3, 2, dtype=torch.float64), [0.5, 0.5], labels)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..3"):
+        model(torch.zeros(3, 2, dtype=torch.float64), point, labels - 1)

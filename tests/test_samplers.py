@@ -1064,3 +1064,23 @@ def test_check_labels_names_the_argument_and_the_range():
             check_labels("y", bad)
     with pytest.raises(TypeError, match="^y must be an integer torch.Tensor, got list"):
         check_labels("y", [0, 1])
+
+
+def test_predictor_corrector_makes_no_langevin_move_where_the_score_vanishes(ddpm_schedule):
+    # At x = 0 with a model that returns x itself the score (D - y) / sigma^2 is zero for the
+    # whole batch: the step size 2 (snr |z| / |g|)^2 would be 0 / 0. The corrector then stays
+    # put (it drew its noise, so the stream is not Euler-Maruyama's), and nothing is NaN.
+    grid = ddpm_schedule.grid(6)
+
+    def model(x, point):
+        return x / point.scale
+
+    x = torch.zeros(4, 2, dtype=F64)
+    with_corrector = predictor_corrector(model, x, grid, gen(3), corrector_steps=1)
+    assert bool(torch.isfinite(with_corrector).all())
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_an_empty_batch_is_refused_by_name(name, exact_model, ddpm_schedule):
+    with pytest.raises(ValueError, match="x must have a batch axis with at least one sample"):
+        SAMPLERS[name](exact_model, torch.zeros(0, 2, dtype=F64), ddpm_schedule.grid(4), gen(0))
