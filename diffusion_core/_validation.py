@@ -17,9 +17,11 @@ __all__ = [
     "MAX_NUMEL",
     "as_tensor",
     "check_batch",
+    "check_bool",
     "check_callable",
     "check_finite",
     "check_float",
+    "check_images",
     "check_increasing",
     "check_labels",
     "check_number",
@@ -191,6 +193,36 @@ def check_labels(name: str, labels, n: int | None = None, classes: int | None = 
         if low < 0 or high >= classes:
             raise ValueError(f"{name} must lie in 0..{classes - 1}, got values in {low}..{high}")
     return labels.to(torch.int64)
+
+
+def check_images(
+    name: str, x, channels: int | None = None, size: tuple[int, int] | None = None, minimum: int = 0
+) -> torch.Tensor:
+    """A finite floating-point batch of images (n, C, H, W) with n >= ``minimum``, C =
+    ``channels`` and (H, W) = ``size`` where they are given."""
+    check_float(name, x)
+    wanted = (
+        "C" if channels is None else str(channels),
+        *(("H", "W") if size is None else (str(size[0]), str(size[1]))),
+    )
+    if (
+        x.ndim != 4
+        or (channels is not None and x.shape[1] != channels)
+        or (size is not None and tuple(x.shape[2:]) != tuple(size))
+        or x.shape[0] < minimum
+    ):
+        least = f" with n >= {minimum}" if minimum else ""
+        raise ValueError(
+            f"{name} must have shape (n, {', '.join(wanted)}){least}, got {tuple(x.shape)}"
+        )
+    return x
+
+
+def check_bool(name: str, value) -> bool:
+    """True or False (not 0, 1 or None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_torch_generator(name: str, generator) -> torch.Generator:

@@ -61,6 +61,7 @@ from torch import nn
 from diffusion_core import distributed
 from diffusion_core._validation import (
     check_float,
+    check_images,
     check_number,
     check_positive_int,
     check_torch_generator,
@@ -158,7 +159,7 @@ class ConvVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z | x) = N(mean, diag exp(logvar)): ``(mean, logvar)``, each of shape
         (n, c_z, H/2, W/2); logvar is clamped to [-30, 20] as in latent diffusion."""
-        _check_images("x", x, self.image_channels)
+        check_images("x", x, self.image_channels)
         dtype = self.encoder[0].weight.dtype
         mean, logvar = self.encoder(x.to(dtype)).chunk(2, dim=1)
         return mean.to(x.dtype), logvar.clamp(*LOGVAR_RANGE).to(x.dtype)
@@ -248,7 +249,7 @@ def elbo_terms(
     The loss is mean(reconstruction + beta kl), see the module docstring.
     """
     _check_model(model)
-    _check_images("x", x, model.image_channels)
+    check_images("x", x, model.image_channels)
     check_torch_generator("generator", generator)
     noise = _standard_normal(_latent_shape(x, model.latent_channels), x, generator)
     return _elbo(x, *model(x, noise))
@@ -364,7 +365,7 @@ def train_autoencoder(
     config = AutoencoderConfig() if config is None else config
     if not isinstance(config, AutoencoderConfig):
         raise TypeError(f"config must be an AutoencoderConfig, got {type(config).__name__}")
-    _check_images("data", data, minimum=1)
+    check_images("data", data, minimum=1)
     if data.shape[-1] % 2 or data.shape[-2] % 2:
         raise ValueError(f"data must have N >= 1 and even H and W, got {tuple(data.shape)}")
     _check_range("data", data)
@@ -406,7 +407,7 @@ def latent_scale_factor(
     factor and are refused.
     """
     _check_model(model)
-    _check_images("data", data, model.image_channels, minimum=1)
+    check_images("data", data, model.image_channels, minimum=1)
     if generator is not None:
         check_torch_generator("generator", generator)
     mean, logvar = model.encode(data)
@@ -431,22 +432,13 @@ def reconstruction_metrics(model: ConvVAE, data: torch.Tensor) -> dict[str, floa
     in [-1, 1].
     """
     _check_model(model)
-    _check_images("data", data, model.image_channels, minimum=1)
+    check_images("data", data, model.image_channels, minimum=1)
     if data.shape[-1] % 2 or data.shape[-2] % 2:
         raise ValueError(f"data must have even H and W, got {tuple(data.shape)}")
     _check_range("data", data)
     error = (model(data).double() - data.double()).square().mean()
     mse = float(error)
     return {"mse": mse, "psnr": 10.0 * math.log10(4.0 / mse) if mse > 0 else math.inf}
-
-
-def _check_images(name: str, x, channels: int | None = None, minimum: int = 0) -> None:
-    """A finite float tensor (n, C, H, W) with n >= ``minimum`` (C = ``channels`` if given)."""
-    check_float(name, x)
-    if x.ndim != 4 or (channels is not None and x.shape[1] != channels) or x.shape[0] < minimum:
-        wanted = "C" if channels is None else str(channels)
-        least = f" with n >= {minimum}" if minimum else ""
-        raise ValueError(f"{name} must have shape (n, {wanted}, H, W){least}, got {tuple(x.shape)}")
 
 
 def _check_range(name: str, x: torch.Tensor) -> None:

@@ -43,7 +43,7 @@ from torch import nn
 from diffusion_core import checkpoints, distributed, metrics
 from diffusion_core import train as training
 from diffusion_core._validation import (
-    check_float,
+    check_images,
     check_labels,
     check_number,
     check_positive_int,
@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 IMAGE_SHAPE = (1, 8, 8)
+_IMAGE = (IMAGE_SHAPE[0], IMAGE_SHAPE[1:])  # (channels, size) for check_images
 NUM_CLASSES = 10
 CACHE_ENV = "DIFFUSION_CACHE"
 MAX_REPEATS = 1000  # subsets that real_floor draws at most
@@ -203,7 +204,7 @@ def train_classifier(
     ``images`` (n, 1, 8, 8) with n >= 1 and ``labels`` (n,) in 0..9 are checked before any
     training; the other numbers as fields of :class:`~diffusion_core.train.TrainConfig`.
     """
-    images = _check_images("images", images, minimum=1).float()
+    images = check_images("images", images, *_IMAGE, minimum=1).float()
     labels = check_labels("labels", labels, images.shape[0], NUM_CLASSES)
     config = TrainConfig(
         steps=steps,
@@ -284,7 +285,7 @@ def digits_classifier(
 def classifier_features(classifier: DigitsClassifier, images: torch.Tensor) -> torch.Tensor:
     """The classifier's feature vectors of ``images`` (n, 1, 8, 8), as float64 (n, 64)."""
     _check_classifier(classifier)
-    images = _check_images("images", images)
+    images = check_images("images", images, *_IMAGE)
     return classifier.features(images.float()).double()
 
 
@@ -293,19 +294,10 @@ def accuracy(classifier: DigitsClassifier, images: torch.Tensor, labels: torch.T
     """The fraction of ``images`` (n, 1, 8, 8), n >= 1, that the classifier assigns to
     ``labels``, an int tensor (n,) of classes 0..9."""
     _check_classifier(classifier)
-    images = _check_images("images", images, minimum=1)
+    images = check_images("images", images, *_IMAGE, minimum=1)
     labels = check_labels("labels", labels, images.shape[0], NUM_CLASSES)
     predicted = classifier(images.float()).argmax(dim=1)
     return float((predicted == labels.to(predicted.device)).double().mean())
-
-
-def _check_images(name: str, images, minimum: int = 0) -> torch.Tensor:
-    """Finite float images (n, 1, 8, 8) with n >= ``minimum``."""
-    images = check_float(name, images)
-    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE or len(images) < minimum:
-        least = f" with n >= {minimum}" if minimum else ""
-        raise ValueError(f"{name} must have shape (n, 1, 8, 8){least}, got {tuple(images.shape)}")
-    return images
 
 
 def _check_classifier(classifier) -> None:
@@ -337,8 +329,8 @@ def image_scores(
     needs more than ``k`` images (and at least 2, for a covariance)."""
     _check_classifier(classifier)
     k = check_positive_int("k", k)
-    _check_images("images", images, minimum=max(2, k + 1))
-    _check_images("reference", reference, minimum=max(2, k + 1))
+    check_images("images", images, *_IMAGE, minimum=max(2, k + 1))
+    check_images("reference", reference, *_IMAGE, minimum=max(2, k + 1))
     fake = classifier_features(classifier, images)
     real = classifier_features(classifier, reference)
     precision, recall = metrics.knn_precision_recall(real, fake, k)

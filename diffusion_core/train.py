@@ -79,7 +79,13 @@ from torch import nn
 from tqdm import tqdm
 
 from diffusion_core import checkpoints, distributed
-from diffusion_core._validation import check_float, check_labels, check_number, check_positive_int
+from diffusion_core._validation import (
+    check_bool,
+    check_float,
+    check_labels,
+    check_number,
+    check_positive_int,
+)
 from diffusion_core.device import autocast_context, get_device, maybe_compile, tf32_context
 from diffusion_core.losses import Objective
 
@@ -148,7 +154,7 @@ class TrainConfig:
         if self.ema_decay is not None:
             check_number("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         check_positive_int("seed", self.seed, minimum=0, maximum=2**64 - 1)
-        _check_bool("shared_generator", self.shared_generator)
+        check_bool("shared_generator", self.shared_generator)
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,8 @@ class RunConfig:
             raise TypeError(f"checkpoint_path must be a path or None, got {type(path).__name__}")
         if self.checkpoint_every and path is None:
             raise ValueError("checkpoint_every > 0 needs a checkpoint_path to write to")
-        _check_bool("mixed_precision", self.mixed_precision)
-        _check_bool("compile", self.compile)
+        check_bool("mixed_precision", self.mixed_precision)
+        check_bool("compile", self.compile)
 
 
 @dataclass
@@ -415,11 +421,6 @@ def _check_data(data) -> None:
     check_float("data", data)
     if data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"data must have shape (N, ...) with N >= 1, got {tuple(data.shape)}")
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _checkpoint_due(run: RunConfig, step: int, steps: int) -> bool:
