@@ -73,10 +73,10 @@ def check_timesteps(name: str, t, T: int) -> torch.Tensor:
         raise TypeError(f"{name} must be an integer or an integer tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integers in 0..{T}, got dtype {t.dtype}")
-    if t.numel() and (bool((t < 0).any()) or bool((t > T).any())):
-        raise ValueError(
-            f"{name} must lie in 0..{T} (T = {T}), got values in {int(t.min())}..{int(t.max())}"
-        )
+    if t.numel():
+        low, high = (int(v) for v in torch.aminmax(t))
+        if low < 0 or high > T:
+            raise ValueError(f"{name} must lie in 0..{T} (T = {T}), got values in {low}..{high}")
     return t.to(torch.int64)
 
 

@@ -110,6 +110,19 @@ def _level(name: str, value):
     return check_number(name, value, 0, MAX_LEVEL)
 
 
+def _posterior_levels(scale_t, std_t, scale_s, std_s):
+    """The checks of :func:`posterior_coefficients`, each error naming its argument."""
+    names = ("scale_t", "std_t", "scale_s", "std_s")
+    scale_t, std_t, scale_s, std_s = map(_level, names, (scale_t, std_t, scale_s, std_s))
+    if _any(std_t <= 0) or _any(scale_s <= 0):
+        raise ValueError("std_t and scale_s must be > 0: the later time s is not pure noise")
+    if _any(scale_s * std_t < scale_t * std_s):
+        raise ValueError(
+            "s must be no noisier than t: need scale_s / std_s >= scale_t / std_t (SNR_s >= SNR_t)"
+        )
+    return scale_t, std_t, scale_s, std_s
+
+
 def _any(condition) -> bool:
     return bool(condition.any()) if isinstance(condition, torch.Tensor) else bool(condition)
 
@@ -125,14 +138,18 @@ def posterior_coefficients(scale_t, std_t, scale_s, std_s):
     scale_t = 0. For adjacent steps of a VP chain these are Ho et al. (2020), Eq. 6-7. Works on
     Python floats and on tensors alike.
     """
-    levels = {"scale_t": scale_t, "std_t": std_t, "scale_s": scale_s, "std_s": std_s}
-    scale_t, std_t, scale_s, std_s = (_level(name, value) for name, value in levels.items())
-    if _any(std_t <= 0) or _any(scale_s <= 0):
-        raise ValueError("std_t and scale_s must be > 0: the later time s is not pure noise")
-    if _any(scale_s * std_t < scale_t * std_s):
-        raise ValueError(
-            "s must be no noisier than t: need scale_s / std_s >= scale_t / std_t (SNR_s >= SNR_t)"
-        )
+    # The samplers' step rules call this once per step with Python floats of a checked grid:
+    # those pass one comparison chain; anything else gets the checks that name the argument.
+    levels = (scale_t, std_t, scale_s, std_s)
+    plain = all(type(v) is float for v in levels) and (
+        0 <= scale_t <= MAX_LEVEL
+        and 0 < std_t <= MAX_LEVEL
+        and 0 < scale_s <= MAX_LEVEL
+        and 0 <= std_s <= MAX_LEVEL
+        and scale_s * std_t >= scale_t * std_s
+    )
+    if not plain:
+        scale_t, std_t, scale_s, std_s = _posterior_levels(*levels)
     c_xt = std_s**2 * scale_t / (scale_s * std_t**2)
     r = (std_s * scale_t / (scale_s * std_t)) ** 2
     variance = std_s**2 * (1.0 - r)

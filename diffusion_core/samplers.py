@@ -437,11 +437,10 @@ def heun_steps(grid: TimeGrid) -> list[Step]:
     with D' the denoiser at the Euler point; an Euler step alone onto sigma' = 0 and from
     sigma = inf (derivation in :func:`heun`)."""
     steps = euler_steps(grid)
-    points = grid.points
+    sigma, a = [point.sigma for point in grid.points], grid.scale.tolist()
     for i in range(grid.steps):
-        sigma, sigma_next = points[i].sigma, points[i + 1].sigma
-        if math.isfinite(sigma) and sigma_next > 0:
-            r = points[i + 1].scale * (sigma_next - sigma) / (2 * sigma_next)
+        if math.isfinite(sigma[i]) and sigma[i + 1] > 0:
+            r = a[i + 1] * (sigma[i + 1] - sigma[i]) / (2 * sigma[i + 1])
             steps[i] = Step(steps[i].predict, Update(x_pred=1.0, d=r, d_pred=-r))
     return steps
 
