@@ -215,8 +215,11 @@ def mmd_rbf(x, y, bandwidth=None) -> torch.Tensor:
     else:
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float):
             raise TypeError(f"bandwidth must be a number or None, got {type(bandwidth).__name__}")
-        if not (math.isfinite(bandwidth) and 0 < bandwidth <= MAX_VALUE):
-            raise ValueError(f"bandwidth must be finite, > 0 and <= {MAX_VALUE:g}, got {bandwidth}")
+        if not (math.isfinite(bandwidth) and 1 / MAX_VALUE <= bandwidth <= MAX_VALUE):
+            raise ValueError(
+                f"bandwidth must lie in [{1 / MAX_VALUE:g}, {MAX_VALUE:g}] (its square must be a "
+                f"normal float64), got {bandwidth}"
+            )
         h2 = float(bandwidth) ** 2
     k_xx = torch.exp(-d_xx / (2 * h2))
     k_yy = torch.exp(-d_yy / (2 * h2))
@@ -256,6 +259,9 @@ def _check_gaussian(index: int, mean, cov, dim: int | None) -> tuple[torch.Tenso
     mean_name, cov_name = f"mean{index}", f"cov{index}"
     mean = check_float(mean_name, mean).to(torch.float64)
     cov = check_float(cov_name, cov).to(torch.float64)
+    for name, value in ((mean_name, mean), (cov_name, cov)):
+        if value.numel() and float(value.abs().max()) > MAX_VALUE:
+            raise ValueError(f"{name} must have entries of size at most {MAX_VALUE:g}")
     if mean.ndim != 1 or mean.shape[0] < 1:
         raise ValueError(f"{mean_name} must have shape (d,), got {tuple(mean.shape)}")
     d = mean.shape[0]

@@ -16,10 +16,10 @@ x0 = scale x - std v, eps = std x + scale v; the general form keeps them exact f
 Where a conversion divides by zero the answer is undefined: recovering x0 from eps at scale = 0
 (zero terminal SNR, where x_t holds no trace of the data: the lesson of Lin et al. 2024) and
 recovering eps or the score at std = 0 (clean data, where there is no noise). A ``scale`` or
-``std`` given as a Python number (what a grid point holds) is checked for free: it must be finite
-and non-negative, and non-zero where it divides, else ``ValueError``. Levels given as tensors
-are checked for type and shape only, because inspecting their values would need a host read on
-every call; there a division by zero gives inf or NaN.
+``std`` given as a Python number (what a grid point holds) or a list is checked for free: it
+must be finite and non-negative, and non-zero where it divides, else ``ValueError``. Levels
+given as tensors are checked for type and shape only, because inspecting their values would
+need a host read on every call; there a division by zero gives inf or NaN.
 
 The samplers of :mod:`diffusion_core.samplers` see every model as a denoiser x0_hat =
 D(x, point) at a grid point: :func:`as_denoiser` wraps a network that predicts eps, x0 or v, and
@@ -98,9 +98,13 @@ def _level(name: str, value, like: torch.Tensor, divides: bool = False) -> torch
     ``divides`` by it) and used as a float, with no tensor made."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return check_number(name, value, 0.0, MAX_LEVEL, low_open=divides)
+    on_host = not isinstance(value, torch.Tensor)  # a list: its values are free to check
     value = as_tensor(name, value)
     if not value.is_floating_point():
         value = value.to(torch.float64)
+    if on_host:
+        for number in value.reshape(-1).tolist():
+            check_number(name, number, 0.0, MAX_LEVEL, low_open=divides)
     check_batch(name, value, like.shape[0], "the batch size")
     return per_sample(value.to(device=like.device, dtype=torch.float64), like)
 

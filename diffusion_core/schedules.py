@@ -78,7 +78,9 @@ __all__ = [
 ]
 
 SPACINGS = ("leading", "trailing", "linspace")
-MAX_RHO = 100.0  # Karras et al.'s rho is 7; far beyond 100, sigma^(1 / rho) rounds to 1
+# Karras et al.'s rho is 7. Far beyond 100, sigma^(1 / rho) rounds to 1; far below 0.1,
+# sigma^(1 / rho) overflows and the levels crowd at one end until they coincide.
+MIN_RHO, MAX_RHO = 0.1, 100.0
 GRID_SPACINGS = ("uniform", "karras", "log_snr")
 
 
@@ -253,7 +255,7 @@ class Process(ABC):
         t_min = self.t_min if t_min is None else check_number("t_min", t_min, 0, t_max)
         if not 0 < t_min <= t_max:
             raise ValueError(f"need 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
-        rho = check_number("rho", rho, 0, MAX_RHO, low_open=True)
+        rho = check_number("rho", rho, MIN_RHO, MAX_RHO)
         t = self._noisy_times(steps, spacing, float(t_max), float(t_min), rho)
         t = torch.cat([t, t.new_zeros(1)])
         return TimeGrid(t, *self.marginal(t))
@@ -774,9 +776,14 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     """
     check_positive_int("n", n, minimum=2)
     sigma_min, sigma_max = check_increasing("sigma_min", sigma_min, "sigma_max", sigma_max)
-    rho = check_number("rho", rho, 0, MAX_RHO, low_open=True)
+    rho = check_number("rho", rho, MIN_RHO, MAX_RHO)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    inv_rho_min, inv_rho_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    try:
+        inv_rho_min, inv_rho_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    except OverflowError:
+        raise ValueError(
+            f"rho={rho} is too small for sigma_max={sigma_max}: sigma_max^(1 / rho) overflows"
+        ) from None
     sigmas = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** rho
     # The rho-th power of a rho-th root is off in the last bits: pin the ends exactly.
     sigmas[0], sigmas[-1] = sigma_max, sigma_min
@@ -796,7 +803,9 @@ def timestep_spacing(T: int, k: int, spacing: str = "trailing") -> torch.Tensor:
     - ``"linspace"``: k times evenly spaced from 1 to T, rounded (for k = 1 that is t = 1 alone).
     """
     check_positive_int("T", T)
-    check_positive_int("k", k, maximum=T)
+    check_positive_int("k", k)
+    if k > T:
+        raise ValueError(f"k must be at most T (k of the T steps are picked), got k={k}, T={T}")
     if spacing == "leading":
         steps = torch.arange(k, dtype=torch.int64) * (T // k) + 1
     elif spacing == "trailing":

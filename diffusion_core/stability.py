@@ -196,7 +196,7 @@ def marginal_law(grid: TimeGrid, data_mean: float, data_std: float):
     """
     grid = _grid(grid)
     mu, sd = (
-        check_number("data_mean", data_mean),
+        check_number("data_mean", data_mean, -MAX_LEVEL, MAX_LEVEL),
         check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True),
     )
     return grid.scale * mu, grid.scale**2 * sd**2 + grid.std**2
@@ -211,7 +211,7 @@ def gaussian_denoiser_coefficients(grid: TimeGrid, data_mean: float, data_std: f
     """
     grid = _grid(grid)
     mu, sd = (
-        check_number("data_mean", data_mean),
+        check_number("data_mean", data_mean, -MAX_LEVEL, MAX_LEVEL),
         check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True),
     )
     var = grid.scale**2 * sd**2 + grid.std**2
@@ -227,7 +227,7 @@ def gaussian_denoiser(data_mean: float, data_std: float) -> Callable:
     infinity pass through it the way they pass through a network.
     """
     mu, sd = (
-        check_number("data_mean", data_mean),
+        check_number("data_mean", data_mean, -MAX_LEVEL, MAX_LEVEL),
         check_number("data_std", data_std, 0.0, MAX_LEVEL, low_open=True),
     )
 

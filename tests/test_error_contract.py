@@ -8,8 +8,9 @@ the argument that was replaced. Nothing else: no torch ``RuntimeError``, ``Index
 ``ZeroDivisionError``, no NaN, no hang (every count is bounded).
 
 Functions that document that they do not inspect the values of tensor arguments (the
-conversions of :mod:`diffusion_core.parameterization`, which a sampling loop calls) may pass a
-non-finite tensor through; every other non-finite result fails.
+conversions of :mod:`diffusion_core.parameterization`, which a sampling loop calls) may answer
+a tensor argument with NaN or infinity (a non-finite tensor passed through, a zero level they
+divide by); every other non-finite result fails.
 """
 
 import math
@@ -175,8 +176,9 @@ def test_one_bad_argument_is_refused_by_name_or_answered_finitely(name, data):
     except (ValueError, TypeError) as error:
         assert argument in str(error), f"{type(error).__name__} does not name {argument}: {error}"
         return
-    passed_through = isinstance(value, torch.Tensor) and not finite(value)
-    assert finite(result) or (passed_through and not inspects_tensors), result
+    # A function that does not inspect tensor values (documented) may answer a tensor with
+    # NaN or infinity: a non-finite tensor passed through, or a zero it divides by.
+    assert finite(result) or (isinstance(value, torch.Tensor) and not inspects_tensors), result
     if callable(shape):
         shape = shape(kwargs)
     if shape is not None and isinstance(result, torch.Tensor):
