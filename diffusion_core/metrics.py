@@ -16,15 +16,17 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_core._validation import check_float, check_positive_int
+from diffusion_core._validation import check_float, check_number, check_positive_int
 from diffusion_core.analytic import GaussianMixture
 
 __all__ = [
+    "assert_within",
     "frechet_distance",
     "gaussian_kl",
     "gaussian_w2",
     "knn_precision_recall",
     "mixture_weight_tv",
+    "mean_and_standard_error",
     "mmd_rbf",
     "nearest_neighbour_distances",
     "rms_distance",
@@ -405,3 +407,34 @@ def knn_precision_recall(real, fake, k: int = 3) -> tuple[torch.Tensor, torch.Te
     precision = (cross <= real_radii[None, :]).any(dim=1).double().mean()
     recall = (cross <= fake_radii[:, None]).any(dim=0).double().mean()
     return precision, recall
+
+
+# ------------------------------------------------------------------- Monte Carlo statistics
+
+
+def mean_and_standard_error(values) -> tuple[float, float]:
+    """The mean of independent draws and its standard error s / sqrt(n), s the sample standard
+    deviation (n - 1 in its denominator): a Monte Carlo estimate with its uncertainty."""
+    values = check_float("values", torch.as_tensor(values, dtype=torch.float64)).reshape(-1)
+    if values.numel() < 2:
+        raise ValueError(f"values must hold at least 2 draws, got {values.numel()}")
+    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
+
+
+def assert_within(estimate, expected, standard_error, k: float = 4.0, what: str = "estimate"):
+    """Assert that a Monte Carlo ``estimate`` lies within ``k`` standard errors of ``expected``.
+
+    The tolerance is statistical, not fitted to a run: for a Gaussian estimator a correct
+    estimate fails at k = 4 with probability 6e-5 (k = 3: 3e-3). Raises ``AssertionError``
+    saying how many standard errors away the estimate is; returns that number otherwise.
+    """
+    estimate, expected = check_number("estimate", estimate), check_number("expected", expected)
+    standard_error = check_number("standard_error", standard_error, 0.0, low_open=True)
+    k = check_number("k", k, 0.0, low_open=True)
+    distance = abs(estimate - expected) / standard_error
+    if distance > k:
+        raise AssertionError(
+            f"{what} = {estimate:.6g} is {distance:.2f} standard errors ({standard_error:.3g}) "
+            f"from {expected:.6g}; allowed: {k:g}"
+        )
+    return distance

@@ -13,8 +13,10 @@ from scipy import stats
 
 from diffusion_core.analytic import GaussianMixture, default_mixture_2d, gaussian
 from diffusion_core.metrics import (
+    assert_within,
     gaussian_kl,
     gaussian_w2,
+    mean_and_standard_error,
     mixture_weight_tv,
     mmd_rbf,
     rms_distance,
@@ -324,3 +326,26 @@ def test_gaussian_metrics_reject_bad_input():
         gaussian_kl(mean, cov, mean, torch.diag(torch.tensor([1.0, 0.0], dtype=F64)))
     with pytest.raises(ValueError, match="cov1"):
         gaussian_kl(mean, cov * float("inf"), mean, cov)
+
+
+def test_mean_and_standard_error_and_assert_within():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    mean, se = mean_and_standard_error(values)
+    assert mean == 2.5 and se == pytest.approx(math.sqrt(5 / 3) / 2, rel=1e-15)
+    assert assert_within(2.6, 2.5, 0.05) == pytest.approx(2.0)
+    with pytest.raises(AssertionError, match=r"variance = 2.9 is 8.00 standard errors"):
+        assert_within(2.9, 2.5, 0.05, what="variance")
+    with pytest.raises(ValueError, match=r"standard_error must be a finite number in \(0, inf\]"):
+        assert_within(2.9, 2.5, 0.0)
+    with pytest.raises(ValueError, match="values must hold at least 2 draws"):
+        mean_and_standard_error([1.0])
+    # At k = 4 a correct estimate of a Gaussian mean almost never fails: 2000 replicates.
+    draws = torch.randn(2000, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    failures = 0
+    for row in draws:
+        m, s = mean_and_standard_error(row)
+        try:
+            assert_within(m, 0.0, s)
+        except AssertionError:
+            failures += 1
+    assert failures <= 3  # expected 2000 * P(|t_49| > 4) = 0.4
