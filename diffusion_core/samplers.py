@@ -38,8 +38,9 @@ sampler added here with a step rule is analysed there with no further code.
 state, so it is not affine and has no step rule.
 
 The samplers think in the variance-exploding coordinates of Karras et al. (2022): y = x / scale
-= x0 + sigma eps with sigma = std / scale, and lambda = log(scale / std) = -log sigma. Their update
-coefficients are written so that they stay finite at sigma = inf (scale = 0).
+= x0 + sigma eps with sigma = std / scale. The multistep solvers step in half the log-SNR,
+lambda / 2 = log(scale / std) = -log sigma (Lu et al.'s lambda; the book's lambda is the log-SNR
+itself). The update coefficients are written so that they stay finite at sigma = inf (scale = 0).
 
 Final-step policy. A grid from :meth:`~diffusion_core.schedules.Process.grid` ends at (scale,
 std) = (1, 0), the clean sample. Every sampler takes the last step onto std = 0 as a first-order
@@ -585,7 +586,7 @@ def dpm_solver_pp_2m_steps(grid: TimeGrid) -> list[Step]:
     c_0 = -scale_{i+1} expm1(-h_i) (1 + w_i), c_1 = scale_{i+1} expm1(-h_i) w_i with
     w_i = 1 / (2 r_i) = h_i / (2 h_{i-1}) on second-order steps and 0 on first-order ones."""
     _check_grid(grid)
-    s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), _half_log_snr(grid)
     h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
     steps = []
     for i in range(grid.steps):
@@ -593,6 +594,12 @@ def dpm_solver_pp_2m_steps(grid: TimeGrid) -> list[Step]:
         c_d = -a[i + 1] * math.expm1(-h[i])  # the first-order (DDIM) coefficient of x0_hat
         steps.append(Step(Update(x=s[i + 1] / s[i], d=c_d * (1 + w), d_prev=-c_d * w)))
     return steps
+
+
+def _half_log_snr(grid: TimeGrid) -> list[float]:
+    """log(scale / std) = lambda / 2 at every grid point: the time variable of DPM-Solver and
+    UniPC (Lu et al. 2022; their lambda)."""
+    return (grid.scale.log() - grid.std.log()).tolist()
 
 
 def _second_order_step(i: int, h: list[float], s: list[float]) -> bool:
@@ -604,13 +611,13 @@ def _second_order_step(i: int, h: list[float], s: list[float]) -> bool:
 @step_rule(dpm_solver_pp_2m_steps)
 def dpm_solver_pp_2m(model, x, grid, generator=None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): a multistep solver of the probability-flow
-    ODE in lambda = log(scale / std), with the data prediction D integrated exactly against the
+    ODE in lambda / 2 = log(scale / std), with the data prediction D integrated exactly against the
     linear part:
 
         x_i = (std_i / std_{i-1}) x_{i-1} - scale_i (exp(-h_i) - 1) D_i,
         D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2},
 
-    with h_i = lambda_i - lambda_{i-1} and r_i = h_{i-1} / h_i.
+    with h_i = (lambda_i - lambda_{i-1}) / 2 and r_i = h_{i-1} / h_i.
 
     First order (D_i = x0_hat_{i-1}, which is DDIM) on the first step, after a step of infinite
     h (from zero SNR) and on the last step onto std = 0. Step rule: :func:`dpm_solver_pp_2m_steps`.
@@ -624,7 +631,7 @@ def unipc_steps(grid: TimeGrid) -> list[Step]:
     c_1 m_{i-1} + c_new m_{i+1} (coefficients in :func:`unipc`). Neither the last point (std = 0,
     no model call there) nor a point reached from zero SNR (infinite h) is corrected."""
     _check_grid(grid)
-    s, a, lam = grid.std.tolist(), grid.scale.tolist(), grid.log_snr.tolist()
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), _half_log_snr(grid)
     h = [lam[i + 1] - lam[i] for i in range(grid.steps)]
     steps = []
     for i, predictor in enumerate(dpm_solver_pp_2m_steps(grid)):
@@ -656,15 +663,16 @@ def unipc(model, x, grid, generator=None, callback=None):
     step needs anyway. No extra evaluations, and one order more: 3 against 2 (Zhao et al., Theorem
     3.3; the library's tests measure both on a flow known in closed form).
 
-    Step i from x_i to x_{i+1} (h = lambda_{i+1} - lambda_i, m_j = x0_hat_j): after the model has
-    been evaluated at the predicted x_{i+1}, giving m_{i+1}, the corrector recomputes
+    Step i from x_i to x_{i+1} (h = (lambda_{i+1} - lambda_i) / 2, m_j = x0_hat_j): after the
+    model has been evaluated at the predicted x_{i+1}, giving m_{i+1}, the corrector recomputes
 
         x_{i+1} = (std_{i+1} / std_i) x_i
                   - scale_{i+1} expm1(-h) [m_i + rho_1 D_1 + rho_c (m_{i+1} - m_i)],
 
-    with D_1 = (m_{i-1} - m_i) / r, r = (lambda_{i-1} - lambda_i) / h, and (rho_1, rho_c) solving
-    rho_1 + rho_c = b_1, r rho_1 + rho_c = b_2 where b_k = k! phi_{k+1}(-h) / phi_1(-h) with
-    phi_1(u) = expm1(u), phi_{k+1}(u) = phi_k(u) / u - 1 / k! (Zhao et al., Alg. 2 and Eq. 14).
+    with D_1 = (m_{i-1} - m_i) / r, r = -h_{i-1} / h (h_{i-1} the previous step's), and
+    (rho_1, rho_c) solving rho_1 + rho_c = b_1, r rho_1 + rho_c = b_2 where b_k = k!
+    phi_{k+1}(-h) / phi_1(-h) with phi_1(u) = expm1(u), phi_{k+1}(u) = phi_k(u) / u - 1 / k!
+    (Zhao et al., Alg. 2 and Eq. 14).
     After a first-order predictor step (the first) the corrector is the trapezoid rho_c = 1/2
     (their choice for UniC-1). The next step starts from the corrected point but reuses the
     m_{i+1} of the predicted one. Step rule: :func:`unipc_steps`.

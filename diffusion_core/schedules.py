@@ -107,10 +107,10 @@ class GridPoint(NamedTuple):
 
     @property
     def log_snr(self) -> float:
-        """lambda = log(scale / std) (-inf at scale = 0, +inf at std = 0)."""
+        """lambda = log SNR = 2 log(scale / std) (-inf at scale = 0, +inf at std = 0)."""
         if self.scale == 0:
             return -math.inf
-        return math.inf if self.std == 0 else math.log(self.scale / self.std)
+        return math.inf if self.std == 0 else 2 * math.log(self.scale / self.std)
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,9 @@ class TimeGrid:
 
     @property
     def log_snr(self) -> torch.Tensor:
-        """lambda = log(scale / std) (-inf at scale = 0, +inf at std = 0)."""
-        return self.scale.log() - self.std.log()
+        """lambda = log SNR = 2 log(scale / std) (-inf at scale = 0, +inf at std = 0), as in
+        :attr:`Schedule.log_snr`."""
+        return 2 * (self.scale.log() - self.std.log())
 
 
 def _float64_tensor(name: str, x) -> torch.Tensor:
@@ -241,7 +242,7 @@ class Process(ABC):
         - ``"uniform"``: evenly spaced in t (Song et al. 2021);
         - ``"karras"``: noise levels evenly spaced in sigma^(1 / rho) (Karras et al. 2022, Eq. 5),
           dense near the data;
-        - ``"log_snr"``: evenly spaced in lambda = -log sigma (the step size of DPM-Solver,
+        - ``"log_snr"``: evenly spaced in lambda = log SNR = -2 log sigma (DPM-Solver's step,
           Lu et al. 2022);
         - for a discrete :class:`Schedule` also ``"trailing"``, ``"leading"``, ``"linspace"``
           (:func:`timestep_spacing`).
