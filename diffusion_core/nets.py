@@ -206,7 +206,8 @@ def _check_channels(channels) -> tuple[int, ...]:
 
 
 class _TimeResidualBlock(nn.Module):
-    """h -> skip(h) + conv2(silu(norm2(conv1(silu(norm1(h))) + W c))), c the time/class code.
+    """h -> skip(h) + conv2(silu(norm2(conv1(silu(norm1(h))) + W silu(c) + b))), c the time/class
+    code.
 
     The residual block of the DDPM U-Net (Ho et al. 2020, App. B), after the wide ResNets of
     Zagoruyko & Komodakis (2016): GroupNorm and SiLU before each 3x3 convolution, the condition
