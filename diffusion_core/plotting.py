@@ -6,12 +6,22 @@ imports it.
 
 from __future__ import annotations
 
+import math
 import re
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
 from matplotlib.animation import FuncAnimation
+
+from diffusion_core._validation import (
+    as_tensor,
+    check_callable,
+    check_finite,
+    check_increasing,
+    check_number,
+    check_positive_int,
+)
 
 __all__ = [
     "BOOK_STYLE",
@@ -35,6 +45,11 @@ BOOK_STYLE = {
 }
 
 
+MAX_GRID = 100  # rows or columns of an image grid
+MAX_RESOLUTION = 2000  # grid points per axis of a density panel, and contour levels
+MAX_LIMIT = 1e6  # half-width of a plotted square
+
+
 def use_book_style() -> None:
     """Apply the book's matplotlib settings (figure size, resolution, grid, frameless legends)."""
     plt.rcParams.update(BOOK_STYLE)
@@ -46,10 +61,18 @@ def image_grid(images, row_labels=None, col_labels=None, cmap="gray_r", vmin=-1.
     Pixel values are drawn on the fixed range [vmin, vmax] so that noise looks like noise at
     every time, rather than being rescaled per image.
     """
-    images = torch.as_tensor(images).detach().cpu()
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (rows, cols, H, W), got {tuple(images.shape)}")
+    images = check_finite("images", as_tensor("images", images).detach().cpu())
+    if images.ndim != 4 or not (
+        1 <= images.shape[0] <= MAX_GRID and 1 <= images.shape[1] <= MAX_GRID
+    ):
+        raise ValueError(
+            f"images must have shape (rows, cols, H, W) with 1..{MAX_GRID} rows and columns, "
+            f"got {tuple(images.shape)}"
+        )
     rows, cols = images.shape[:2]
+    _check_labels("row_labels", row_labels, rows)
+    _check_labels("col_labels", col_labels, cols)
+    check_increasing("vmin", vmin, "vmax", vmax, minimum=-math.inf)
     fig, axes = plt.subplots(
         rows, cols, figsize=(1.0 * cols + 0.6, 1.0 * rows + 0.3), squeeze=False
     )
@@ -75,6 +98,10 @@ def density_panel(ax, log_prob, limit: float, resolution: int = 160, levels: int
 
     ``log_prob`` maps an (n, 2) float64 tensor of points to their (n,) log-densities.
     """
+    check_callable("log_prob", log_prob, "log_prob(points) -> log-densities")
+    limit = check_number("limit", limit, 0, MAX_LIMIT, low_open=True)
+    resolution = check_positive_int("resolution", resolution, minimum=2, maximum=MAX_RESOLUTION)
+    levels = check_positive_int("levels", levels, maximum=MAX_RESOLUTION)
     axis = torch.linspace(-limit, limit, resolution, dtype=torch.float64)
     grid_x, grid_y = torch.meshgrid(axis, axis, indexing="xy")
     points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
@@ -88,11 +115,13 @@ def density_panel(ax, log_prob, limit: float, resolution: int = 160, levels: int
 
 # Animations embed every frame as a PNG in the notebook, so they are kept short and small.
 MAX_FRAMES = 60
+MAX_INTERVAL = 10_000  # milliseconds between frames
+MAX_SIZE = 30.0  # inches (a point size is at most its square)
 ANIMATION_DPI = 72
 
 
 def _as_frames(frames) -> torch.Tensor:
-    frames = torch.as_tensor(frames).detach().cpu().to(torch.float64)
+    frames = check_finite("frames", as_tensor("frames", frames).detach().cpu().to(torch.float64))
     n_frames = frames.shape[0] if frames.ndim else 0
     if not 1 <= n_frames <= MAX_FRAMES:
         raise ValueError(
@@ -105,6 +134,20 @@ def _as_frames(frames) -> torch.Tensor:
 def _check_titles(titles, n_frames: int):
     if titles is not None and len(titles) != n_frames:
         raise ValueError(f"titles must give one title per frame ({n_frames}), got {len(titles)}")
+
+
+def _check_labels(name: str, labels, n: int) -> None:
+    if labels is None:
+        return
+    if isinstance(labels, str) or not hasattr(labels, "__len__"):
+        raise TypeError(f"{name} must be a sequence of {n} labels or None, got {labels!r}")
+    if len(labels) != n:
+        raise ValueError(f"{name} must give one label per image ({n}), got {len(labels)}")
+
+
+def _check_animation(interval, size) -> tuple[int, float]:
+    interval = check_positive_int("interval", interval, maximum=MAX_INTERVAL)
+    return interval, check_number("size", size, 0, MAX_SIZE, low_open=True)
 
 
 # matplotlib's player draws its buttons with Font Awesome icons loaded from a CDN; the book must
@@ -165,8 +208,13 @@ def animate_points(
             f"frames must have shape (n_frames, n_points, 2), got {tuple(frames.shape)}"
         )
     _check_titles(titles, frames.shape[0])
+    interval, size = _check_animation(interval, size)
+    point_size = check_number("point_size", point_size, 0, MAX_SIZE**2, low_open=True)
+    if background is not None:
+        check_callable("background", background, "background(ax)")
     if limit is None:
         limit = 1.05 * float(frames.abs().max()) or 1.0
+    limit = check_number("limit", limit, 0, MAX_LIMIT, low_open=True)
 
     fig, ax = plt.subplots(figsize=(size, size), dpi=ANIMATION_DPI)
     if background is not None:
@@ -207,6 +255,8 @@ def animate_images(
     needs the tag ``nbval-ignore-output``.
     """
     frames = _as_frames(frames)
+    interval, size = _check_animation(interval, size)
+    check_increasing("vmin", vmin, "vmax", vmax, minimum=-math.inf)
     if frames.ndim == 4 and frames.shape[1] == 1:
         frames = frames[:, 0]
     if frames.ndim == 4 and frames.shape[1] == 3:

@@ -67,3 +67,28 @@ def test_animations_need_nothing_from_the_internet(make):
     assert "http://" not in html and "https://" not in html  # no CDN stylesheet or script
     assert 'class="fa ' not in html  # every icon became a glyph: no icon font needed
     assert "\u25b6" in html and "\u23f8" in html  # play and pause buttons still labelled
+
+
+def test_bad_arguments_are_refused_by_name():
+    images = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="row_labels must give one label per image"):
+        plotting.image_grid(images, row_labels=[])
+    with pytest.raises(ValueError, match=r"images must have shape \(rows, cols, H, W\)"):
+        plotting.image_grid(torch.zeros(0, 3, 8, 8))
+    with pytest.raises(ValueError, match="vmax must exceed vmin"):
+        plotting.image_grid(images, vmin=1.0, vmax=-1.0)
+    frames = torch.zeros(3, 5, 2)
+    with pytest.raises(ValueError, match="interval must be in 1"):
+        plotting.animate_points(frames, interval=0)
+    with pytest.raises(ValueError, match="point_size must be a finite number"):
+        plotting.animate_points(frames, point_size=1e308)
+    with pytest.raises(ValueError, match="frames must be finite"):
+        plotting.animate_points(torch.full((3, 5, 2), float("nan")))
+    with pytest.raises(ValueError, match="size must be a finite number"):
+        plotting.animate_images(torch.zeros(3, 4, 4), size=0.0)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="resolution must be in 2"):
+        plotting.density_panel(ax, lambda p: torch.zeros(len(p)), 1.0, resolution=10**7)
+    with pytest.raises(TypeError, match="log_prob must be callable"):
+        plotting.density_panel(ax, None, 1.0)
+    plt.close(fig)
