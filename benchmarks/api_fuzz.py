@@ -34,7 +34,11 @@ import signal
 import sys
 import warnings
 
-import torch
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -48,6 +52,7 @@ from diffusion_core import (  # noqa: E402
     metrics,
     nets,
     parameterization,
+    plotting,
     samplers,
     schedules,
     stability,
@@ -80,6 +85,7 @@ def conditional(x, point, labels):
     return samplers.exact_conditional_denoiser(MIX)(x, point, labels)
 
 
+AX = plt.subplots()[1]
 TINY = nets.MLPDenoiser(hidden=8, depth=1, time_dim=4)
 CLASSIFIER = images.DigitsClassifier()
 VAE = autoencoder.ConvVAE(channels=8)
@@ -444,6 +450,19 @@ CASES = {
         lambda: dict(shape=(3, 2), generator=gen(), dtype=F64),
     ),
     "device.seed_everything": (device.seed_everything, lambda: dict(seed=3, threads=1)),
+    # the figure helpers
+    "plotting.image_grid": (
+        plotting.image_grid,
+        lambda: dict(images=torch.zeros(2, 2, 4, 4), row_labels=["a", "b"], vmin=-1.0, vmax=1.0),
+    ),
+    "plotting.density_panel": (
+        plotting.density_panel,
+        lambda: dict(ax=AX, log_prob=MIX.log_prob, limit=3.0, resolution=20, levels=5),
+    ),
+    "plotting.animate_points": (
+        plotting.animate_points,
+        lambda: dict(frames=torch.zeros(2, 5, 2), interval=50, size=2.0, point_size=4.0),
+    ),
     # training and the image, latent and text models
     "train.TrainConfig": (
         train.TrainConfig,
@@ -608,6 +627,7 @@ def main() -> None:
             for mutant in mutants(value):
                 kwargs = {**valid(), argument: mutant}
                 outcome = classify(function, kwargs, argument, args.timeout)
+                plt.close("all")
                 counts[module][outcome] += 1
                 if outcome in ("unnamed", "foreign", "non-finite", "hang"):
                     bad.append((case, argument, _show(mutant), outcome))

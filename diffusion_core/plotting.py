@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
 from matplotlib.animation import FuncAnimation
+from matplotlib.axes import Axes
 
 from diffusion_core._validation import (
     as_tensor,
@@ -98,6 +99,8 @@ def density_panel(ax, log_prob, limit: float, resolution: int = 160, levels: int
 
     ``log_prob`` maps an (n, 2) float64 tensor of points to their (n,) log-densities.
     """
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
     check_callable("log_prob", log_prob, "log_prob(points) -> log-densities")
     limit = check_number("limit", limit, 0, MAX_LIMIT, low_open=True)
     resolution = check_positive_int("resolution", resolution, minimum=2, maximum=MAX_RESOLUTION)

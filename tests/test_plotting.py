@@ -91,4 +91,6 @@ def test_bad_arguments_are_refused_by_name():
         plotting.density_panel(ax, lambda p: torch.zeros(len(p)), 1.0, resolution=10**7)
     with pytest.raises(TypeError, match="log_prob must be callable"):
         plotting.density_panel(ax, None, 1.0)
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
+        plotting.density_panel(fig, lambda p: torch.zeros(len(p)), 1.0)
     plt.close(fig)
