@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "MAX_COUNT",
+    "MAX_LEVEL",
     "MAX_NUMEL",
     "as_tensor",
     "check_batch",
@@ -84,6 +85,10 @@ MAX_COUNT = 1_000_000
 """The largest count (of steps, samples, repeats, layers ...) a function accepts unless it
 says otherwise: a larger one would run for hours or exhaust memory instead of failing."""
 
+
+MAX_LEVEL = 1e150
+"""The largest magnitude accepted for a scale, a noise level, a standard deviation or a sample
+coordinate: the library squares them, and the square of anything larger overflows float64."""
 
 MAX_NUMEL = 1 << 30
 """The most numbers a tensor the library is asked to create may hold (8 GiB in float64)."""

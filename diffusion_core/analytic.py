@@ -32,6 +32,7 @@ import math
 import torch
 
 from diffusion_core._validation import (
+    MAX_LEVEL,
     as_tensor,
     check_finite,
     check_float,
@@ -48,7 +49,6 @@ __all__ = [
 
 _WEIGHT_SUM_TOL = 1e-6
 _SYMMETRY_RTOL = 1e-6
-MAX_LEVEL = 1e150  # the largest scale, std or radius accepted: its square must stay finite
 MAX_COMPONENTS = 10_000
 
 

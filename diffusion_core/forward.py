@@ -13,6 +13,7 @@ import torch
 
 from diffusion_core._validation import (
     MAX_COUNT,
+    MAX_LEVEL,
     as_tensor,
     check_batch,
     check_finite,
@@ -94,10 +95,6 @@ def _step(beta: torch.Tensor, x_prev: torch.Tensor, noise: torch.Tensor) -> torc
     x_t = per_sample((1.0 - beta).sqrt(), x_prev) * x_prev.double()
     x_t = x_t + per_sample(beta.sqrt(), x_prev) * noise.double()
     return x_t.to(x_prev.dtype)
-
-
-MAX_LEVEL = 1e150
-"""The largest scale, std or variance accepted: the square of anything larger overflows."""
 
 
 def _level(name: str, value):

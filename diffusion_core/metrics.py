@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_core._validation import check_float, check_number, check_positive_int
+from diffusion_core._validation import MAX_LEVEL, check_float, check_number, check_positive_int
 from diffusion_core.analytic import GaussianMixture
 
 __all__ = [
@@ -40,21 +40,16 @@ _DEFAULT_SEED = 0
 # ---------------------------------------------------------------------------- sample checks
 
 
-MAX_VALUE = 1e150
-"""The largest coordinate a sample may have: the metrics square distances, and the square of
-anything larger overflows float64."""
-
-
 def _check_samples(name: str, x, min_n: int = 2) -> torch.Tensor:
-    """A finite floating (n, d) tensor with n >= min_n and |x| <= MAX_VALUE, as float64."""
+    """A finite floating (n, d) tensor with n >= min_n and |x| <= MAX_LEVEL, as float64."""
     x = check_float(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d), got {tuple(x.shape)}")
     if x.shape[0] < min_n:
         raise ValueError(f"{name} must hold at least {min_n} samples, got {x.shape[0]}")
-    if x.numel() and float(x.abs().max()) > MAX_VALUE:
+    if x.numel() and float(x.abs().max()) > MAX_LEVEL:
         raise ValueError(
-            f"{name} must have coordinates of size at most {MAX_VALUE:g} (squared distances "
+            f"{name} must have coordinates of size at most {MAX_LEVEL:g} (squared distances "
             f"would overflow), got {float(x.abs().max()):g}"
         )
     return x.to(torch.float64)
@@ -217,9 +212,9 @@ def mmd_rbf(x, y, bandwidth=None) -> torch.Tensor:
     else:
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float):
             raise TypeError(f"bandwidth must be a number or None, got {type(bandwidth).__name__}")
-        if not (math.isfinite(bandwidth) and 1 / MAX_VALUE <= bandwidth <= MAX_VALUE):
+        if not (math.isfinite(bandwidth) and 1 / MAX_LEVEL <= bandwidth <= MAX_LEVEL):
             raise ValueError(
-                f"bandwidth must lie in [{1 / MAX_VALUE:g}, {MAX_VALUE:g}] (its square must be a "
+                f"bandwidth must lie in [{1 / MAX_LEVEL:g}, {MAX_LEVEL:g}] (its square must be a "
                 f"normal float64), got {bandwidth}"
             )
         h2 = float(bandwidth) ** 2
@@ -262,8 +257,8 @@ def _check_gaussian(index: int, mean, cov, dim: int | None) -> tuple[torch.Tenso
     mean = check_float(mean_name, mean).to(torch.float64)
     cov = check_float(cov_name, cov).to(torch.float64)
     for name, value in ((mean_name, mean), (cov_name, cov)):
-        if value.numel() and float(value.abs().max()) > MAX_VALUE:
-            raise ValueError(f"{name} must have entries of size at most {MAX_VALUE:g}")
+        if value.numel() and float(value.abs().max()) > MAX_LEVEL:
+            raise ValueError(f"{name} must have entries of size at most {MAX_LEVEL:g}")
     if mean.ndim != 1 or mean.shape[0] < 1:
         raise ValueError(f"{mean_name} must have shape (d,), got {tuple(mean.shape)}")
     d = mean.shape[0]

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_core._validation import as_tensor, check_batch, check_number, per_sample
+from diffusion_core._validation import MAX_LEVEL, as_tensor, check_batch, check_number, per_sample
 from diffusion_core.analytic import GaussianMixture
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 PREDICTIONS = ("eps", "x0", "v")
-MAX_LEVEL = 1e150  # the largest scale or std given as a number: its square must stay finite
 
 
 # ------------------------------------------------------------------------------ checks

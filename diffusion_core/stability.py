@@ -39,6 +39,7 @@ import torch
 
 from diffusion_core._validation import (
     MAX_COUNT,
+    MAX_LEVEL,
     as_tensor,
     check_callable,
     check_finite,
@@ -81,7 +82,6 @@ __all__ = [
 
 AFFINE_SAMPLERS = tuple(name for name, s in SAMPLERS.items() if hasattr(s, "step_rule"))
 F64 = torch.float64
-MAX_LEVEL = 1e150  # the largest data std accepted: its square must stay finite
 
 
 # ------------------------------------------------------------------------------ checks
