@@ -21,6 +21,10 @@ flushed and fsync-ed, then renamed over it with ``os.replace``. The target is th
 the new one, never half of one; a temporary file left by a save that was killed is removed by
 the next save of the same target (one process writes a given target at a time).
 
+The book's trained models ship inside the package, in ``diffusion_core/weights/``, so that a
+chapter finds them wherever it runs (a clone, an installed wheel, a lone notebook on Colab):
+:func:`packaged` gives the path of one by name.
+
 Files written by ``torch.save`` (this library's format before, read with
 ``torch.load(weights_only=True)``) convert once with :func:`convert_torch_checkpoint`.
 """
@@ -29,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import json
 import os
+import pathlib
 import re
 import tempfile
 
@@ -49,6 +55,7 @@ __all__ = [
     "CheckpointError",
     "convert_torch_checkpoint",
     "load",
+    "packaged",
     "save",
 ]
 
@@ -69,6 +76,27 @@ KINDS = {
 _TENSOR, _TUPLE, _PAIRS = "__tensor__", "__tuple__", "__pairs__"  # tags of the state's JSON
 _PLAIN = (bool, int, float, str, type(None))
 _ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save: a zip archive, or a raw pickle
+
+
+def packaged(name: str) -> pathlib.Path:
+    """The path of the trained checkpoint ``name`` that ships with the library
+    (``diffusion_core/weights/NAME.safetensors``, written by the scripts in ``scripts/``).
+
+    Found through :mod:`importlib.resources`, so it works from a clone, an installed wheel or a
+    notebook copied alone into an empty folder. Raises ``ValueError`` naming the available
+    checkpoints when there is none called ``name``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    weights = importlib.resources.files("diffusion_core") / "weights"
+    available = sorted(
+        entry.name.removesuffix(".safetensors")
+        for entry in weights.iterdir()
+        if entry.name.endswith(".safetensors")
+    )
+    if name not in available:
+        raise ValueError(f"name must be one of the packaged checkpoints {available}, got {name!r}")
+    return pathlib.Path(str(weights / f"{name}.safetensors"))
 
 
 class CheckpointError(ValueError):

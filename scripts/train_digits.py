@@ -1,7 +1,7 @@
 """Train one of the book's digits denoisers and write its checkpoint (EMA weights only).
 
-    python scripts/train_digits.py unconditional  # -> checkpoints/digits_unconditional.safetensors
-    python scripts/train_digits.py conditional    # -> checkpoints/digits_conditional.safetensors
+    python scripts/train_digits.py unconditional  # -> diffusion_core/weights/digits_unconditional.safetensors
+    python scripts/train_digits.py conditional    # -> diffusion_core/weights/digits_conditional.safetensors
 
 The settings are those of ``diffusion_core.images.DIGITS_MODELS``: a small U-Net trained with
 the simple eps-loss on the training split of the scikit-learn digits, under DDPM's linear
@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def default_path(name: str) -> pathlib.Path:
-    return ROOT / "checkpoints" / f"digits_{name}.safetensors"
+    return ROOT / "diffusion_core" / "weights" / f"digits_{name}.safetensors"
 
 
 def train_model(name: str, steps: int | None = None, progress: bool = False) -> dict:

@@ -1,6 +1,6 @@
 """Train the book's miniature Stable Diffusion and write its checkpoint.
 
-    python scripts/train_latent.py                 # -> checkpoints/latent_digits.safetensors
+    python scripts/train_latent.py                 # -> diffusion_core/weights/latent_digits.safetensors
 
 The settings are the defaults of ``diffusion_core.latent.LatentConfig``: a ConvVAE with a 2x4x4
 latent, then a text-conditioned U-Net and a small text encoder trained together on the scaled
@@ -31,7 +31,7 @@ from diffusion_core.latent import LatentConfig, train_latent_diffusion
 from diffusion_core.nets import count_parameters
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_PATH = ROOT / "checkpoints" / "latent_digits.safetensors"
+DEFAULT_PATH = ROOT / "diffusion_core" / "weights" / "latent_digits.safetensors"
 DEFAULT_CONFIG = LatentConfig()
 
 

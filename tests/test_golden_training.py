@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_core import images
+from diffusion_core import checkpoints, images
 from diffusion_core.analytic import default_mixture_2d
 from diffusion_core.autoencoder import AutoencoderConfig, train_autoencoder
 from diffusion_core.latent import LatentConfig, load_latent_model, train_latent_diffusion
@@ -148,11 +148,11 @@ def test_committed_checkpoints_give_the_recorded_outputs():
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(4, 1, 8, 8, generator=generator)
     t, labels = torch.tensor([1, 250, 600, 1000]), torch.tensor([0, 3, 7, 10])
-    net, _ = images.load_digits_model(ROOT / "checkpoints" / "digits_unconditional.safetensors")
+    net, _ = images.load_digits_model(checkpoints.packaged("digits_unconditional"))
     assert torch.equal(net(x, t), GOLDEN["checkpoint/digits_unconditional"])
-    net, _ = images.load_digits_model(ROOT / "checkpoints" / "digits_conditional.safetensors")
+    net, _ = images.load_digits_model(checkpoints.packaged("digits_conditional"))
     assert torch.equal(net(x, t, labels), GOLDEN["checkpoint/digits_conditional"])
-    model, _ = load_latent_model(ROOT / "checkpoints" / "latent_digits.safetensors")
+    model, _ = load_latent_model(checkpoints.packaged("latent_digits"))
     z = torch.randn(3, 2, 4, 4, generator=generator)
     context, mask = model.encode_prompts(["a thin seven", "2", ""])
     eps = model.eps(z, torch.tensor([5, 400, 999]), context, mask)
