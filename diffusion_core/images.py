@@ -18,8 +18,8 @@ sample size. :func:`accuracy` is the classifier's accuracy on class-conditional 
 
 Models. :data:`DIGITS_MODELS` holds the configurations of the two denoisers of the book (a
 :class:`~diffusion_core.nets.UNet` trained on the training split with the simple eps-loss),
-trained by ``scripts/train_digits.py`` into ``diffusion_core/weights/``; :func:`digits_recipe` turns their
-settings into the objective and the config of :func:`diffusion_core.train.train`, and
+trained by ``scripts/train_digits.py`` into ``diffusion_core/weights/``; :func:`digits_recipe`
+turns their settings into the objective and the config of :func:`diffusion_core.train.train`, and
 :func:`load_digits_model` reads such a checkpoint back.
 """
 

@@ -1,7 +1,9 @@
 """Train one of the book's digits denoisers and write its checkpoint (EMA weights only).
 
-    python scripts/train_digits.py unconditional  # -> diffusion_core/weights/digits_unconditional.safetensors
-    python scripts/train_digits.py conditional    # -> diffusion_core/weights/digits_conditional.safetensors
+    python scripts/train_digits.py unconditional  # -> digits_unconditional.safetensors
+    python scripts/train_digits.py conditional    # -> digits_conditional.safetensors
+
+(written into ``diffusion_core/weights/``, where the package ships them).
 
 The settings are those of ``diffusion_core.images.DIGITS_MODELS``: a small U-Net trained with
 the simple eps-loss on the training split of the scikit-learn digits, under DDPM's linear

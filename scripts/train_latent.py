@@ -1,6 +1,6 @@
 """Train the book's miniature Stable Diffusion and write its checkpoint.
 
-    python scripts/train_latent.py                 # -> diffusion_core/weights/latent_digits.safetensors
+    python scripts/train_latent.py  # -> diffusion_core/weights/latent_digits.safetensors
 
 The settings are the defaults of ``diffusion_core.latent.LatentConfig``: a ConvVAE with a 2x4x4
 latent, then a text-conditioned U-Net and a small text encoder trained together on the scaled
