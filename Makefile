@@ -1,17 +1,18 @@
 # The two commands of the README:
 #   make book   set up .venv, execute every notebook afresh and build the HTML into _build/html
-#   make test   ruff, a strict build of the book, unit tests and every notebook under nbval
+#   make test   ruff, a strict build of the book, the whole-book PDF, unit tests and every
+#               notebook under nbval
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: book test setup lint strict-build pytest execute lock clean
+.PHONY: book test setup lint strict-build pdf test-pdf pytest execute lock clean
 
 book: setup
 	$(BIN)/jupyter-book build . --all
 
-test: setup lint strict-build pytest
+test: setup lint strict-build test-pdf pytest
 
 setup: $(STAMP)
 
@@ -28,6 +29,24 @@ strict-build: setup
 	mkdir -p _build
 	$(BIN)/python scripts/strict_config.py > _build/_config_strict.yml
 	$(BIN)/jupyter-book build . --all -W -n --keep-going --config _build/_config_strict.yml
+
+# The whole book as one PDF, _build/latex/diffusion-models-executable.pdf: the outputs stored in
+# the notebooks (execution off, as in the strict build), typeset by XeLaTeX (Debian:
+# texlive-xetex texlive-lang-cjk texlive-fonts-recommended fonts-lmodern fonts-noto-cjk latexmk,
+# as .ci/run installs). An HTML build made after it serves it and links it from every page's
+# download menu.
+pdf: setup
+	@command -v xelatex >/dev/null || { echo "make pdf needs XeLaTeX and latexmk (see README.md)"; exit 1; }
+	mkdir -p _build
+	$(BIN)/python scripts/strict_config.py > _build/_config_strict.yml
+	rm -rf _build/latex
+	LATEXOPTS="-interaction=nonstopmode -halt-on-error" $(BIN)/jupyter-book build . \
+	  --builder pdflatex -W -n --keep-going --config _build/_config_strict.yml
+
+# In `make test`: the PDF where XeLaTeX is installed (tests/test_pdf.py skips, saying so, where not).
+test-pdf: setup
+	@if command -v xelatex >/dev/null; then $(MAKE) pdf; \
+	else echo "xelatex not installed: no PDF built, tests/test_pdf.py will be skipped"; fi
 
 pytest: setup
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval --nbval-current-env \

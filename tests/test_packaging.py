@@ -6,7 +6,11 @@ package that satisfies those ranges.
 """
 
 import pathlib
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 
 import pytest
 import yaml
@@ -14,6 +18,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 CONDA_NAMES = {"torch": "pytorch"}  # conda-forge's name where it differs from PyPI's
 
 
@@ -66,3 +71,33 @@ def test_environment_yml_python_matches_requires_python():
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert python == "python" + requires
+
+
+def test_the_wheel_carries_the_trained_checkpoints(tmp_path):
+    """`pip install` from git (the chapters' set-up cell on Colab) gets the packaged weights.
+
+    The wheel is built from a copy of the sources with setuptools' PEP 517 backend, in a fresh
+    interpreter and without network access, exactly as pip would build it.
+    """
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "diffusion_core", source / "diffusion_core", ignore=IGNORED)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    build = "import sys, setuptools.build_meta as backend; print(backend.build_wheel(sys.argv[1]))"
+    result = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheel = tmp_path / result.stdout.strip().splitlines()[-1]
+    weights = sorted(path.name for path in (ROOT / "diffusion_core/weights").glob("*.safetensors"))
+    assert weights, "diffusion_core/weights holds no checkpoint"
+    with zipfile.ZipFile(wheel) as archive:
+        for name in weights:
+            member = f"diffusion_core/weights/{name}"
+            assert member in archive.namelist(), f"{wheel.name} lacks {member}"
+            packed = archive.read(member)
+            assert packed == (ROOT / "diffusion_core/weights" / name).read_bytes()

@@ -1,0 +1,71 @@
+"""Sphinx extension: serve the whole-book PDF with the HTML and link it from every page.
+
+``make pdf`` typesets the book with XeLaTeX into ``_build/latex/<name>.pdf`` (the name is
+``latex_documents``' target with ``.pdf``). When that file exists as an HTML build starts, the
+build copies it to ``_static/<name>.pdf`` and adds "Whole book (PDF)" to the download menu
+of every page (beside the theme's print-this-page ".pdf"). When it does not exist, the menu
+has no such entry, so no build ever links a PDF it does not serve: ``make book`` and the
+strict build of ``make test`` behave alike, and publish the PDF exactly when it was made
+before them (as the publishing workflow does).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+BUTTON_LABEL = "download-book-pdf-button"
+
+
+def pdf_name(app: Sphinx) -> str:
+    target = app.config.latex_documents[0][1] if app.config.latex_documents else "book.tex"
+    return pathlib.Path(target).with_suffix(".pdf").name
+
+
+def built_pdf(app: Sphinx) -> pathlib.Path | None:
+    """The PDF of the LaTeX build beside this HTML build (``_build/latex``), if there is one."""
+    path = pathlib.Path(app.outdir).parent / "latex" / pdf_name(app)
+    return path if path.is_file() else None
+
+
+def note_pdf(app: Sphinx) -> None:
+    app.book_pdf = built_pdf(app) if app.builder.format == "html" else None
+    if app.book_pdf:
+        logger.info(f"whole-book PDF: linking {app.book_pdf}")
+
+
+def add_download_entry(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    """Append the PDF to the theme's download menu (built at priority 501)."""
+    if not getattr(app, "book_pdf", None):
+        return
+    for button in context.get("header_buttons", []):
+        if button.get("label") == "download-buttons":
+            button["buttons"].append(
+                {
+                    "type": "link",
+                    "url": context["pathto"](f"_static/{pdf_name(app)}", 1),
+                    "text": "Whole book (PDF)",
+                    "tooltip": "Download the whole book as one PDF",
+                    "icon": "fas fa-book",
+                    "label": BUTTON_LABEL,
+                }
+            )
+
+
+def copy_pdf(app: Sphinx, exception: Exception | None) -> None:
+    source = getattr(app, "book_pdf", None) if exception is None else None
+    if source:
+        target = pathlib.Path(app.outdir) / "_static" / pdf_name(app)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def setup(app: Sphinx) -> dict:
+    app.connect("builder-inited", note_pdf)
+    app.connect("html-page-context", add_download_entry, priority=502)
+    app.connect("build-finished", copy_pdf)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

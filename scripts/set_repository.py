@@ -1,0 +1,175 @@
+"""Point the book at its repository: one URL, set in _config.yml and used everywhere.
+
+    python scripts/set_repository.py OWNER/NAME        (or https://github.com/OWNER/NAME)
+    python scripts/set_repository.py --check
+
+The book's repository is ``repository.url`` in _config.yml. The launch buttons (Colab, Binder)
+and the repository button are built from it, and three other places must agree with it:
+
+- every chapter notebook's set-up cell, whose line ``REPOSITORY = "..."`` is the URL that the
+  cell pip-installs the library from when it is missing (on Colab);
+- the clone command of README.md and book/*.md (``git clone URL.git`` and the ``cd NAME`` after
+  it) and any ``pip install ... @ git+URL`` they show.
+
+Given a repository, the script rewrites all of them; it edits the lines that hold the URL and
+nothing else (a notebook's JSON text is edited in place, then read back with nbformat to prove
+that only that line of the set-up cell changed). Running it twice changes nothing the second
+time. With ``--check`` it changes nothing and exits with status 1, listing each disagreement,
+when a notebook or a page does not use the URL of _config.yml (or a notebook has no set-up
+cell). The book's publishing workflow runs it with ``$GITHUB_REPOSITORY``, so a fork publishes
+a book whose buttons open the fork's notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+
+import nbformat
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "_config.yml"
+NOTEBOOKS = "notebooks/*.ipynb"
+PAGES = ("README.md", "book/*.md")
+
+URL = r"https://github\.com/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?"
+CONFIG_LINE = re.compile(r"^(repository:\n(?:[ \t]+.*\n)*?[ \t]+url:[ \t]*)(\S+)[ \t]*$", re.M)
+SETUP_LINE = re.compile(r'^REPOSITORY = "([^"]*)"$')
+CLONE = re.compile(rf"(git clone )({URL})(\.git)?([ \t]*\n[ \t]*cd )([A-Za-z0-9_.-]+)")
+PIP_GIT = re.compile(rf"(@ git\+)({URL})(?=[\s\"'`@#]|$)", re.M)
+OWNER_NAME = re.compile(
+    r"(?:https://github\.com/)?([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?"
+)
+
+
+def repository_url(text: str) -> str:
+    """``OWNER/NAME`` or a GitHub URL of the repository, as ``https://github.com/OWNER/NAME``."""
+    match = OWNER_NAME.fullmatch(text.strip())
+    if not match:
+        raise ValueError(
+            f"repository must be OWNER/NAME or https://github.com/OWNER/NAME, got {text!r}"
+        )
+    return f"https://github.com/{match[1]}/{match[2]}"
+
+
+def configured_url() -> str:
+    match = CONFIG_LINE.search(CONFIG.read_text())
+    if not match:
+        raise SystemExit(f"{CONFIG.name}: no `url:` under `repository:`")
+    return match[2]
+
+
+def setup_lines(notebook: nbformat.NotebookNode) -> list[tuple[int, str]]:
+    """(cell index, URL) of each ``REPOSITORY = "..."`` line in the notebook's code cells."""
+    found = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code":
+            for line in cell.source.splitlines():
+                if match := SETUP_LINE.match(line):
+                    found.append((index, match[1]))
+    return found
+
+
+def notebook_problems(path: pathlib.Path, url: str) -> list[str]:
+    found = setup_lines(nbformat.read(path, as_version=4))
+    if len(found) != 1:
+        return [f"{path.relative_to(ROOT)}: {len(found)} set-up lines `REPOSITORY = ...`, want 1"]
+    index, value = found[0]
+    if value != url:
+        return [f"{path.relative_to(ROOT)}: cell {index} has REPOSITORY = {value!r}, want {url!r}"]
+    return []
+
+
+def page_problems(path: pathlib.Path, url: str) -> list[str]:
+    text, name = path.read_text(), url.rsplit("/", 1)[1]
+    problems = []
+    for match in CLONE.finditer(text):
+        if match[2] != url or match[5] != name:
+            problems.append(f"{path.relative_to(ROOT)}: `git clone {match[2]}` / `cd {match[5]}`")
+    for match in PIP_GIT.finditer(text):
+        if match[2] != url:
+            problems.append(f"{path.relative_to(ROOT)}: `git+{match[2]}`")
+    return [f"{problem}, want {url}" for problem in problems]
+
+
+def set_notebook(path: pathlib.Path, url: str) -> bool:
+    """Rewrite the set-up line's JSON string in place; True if the file changed."""
+    text = path.read_text()
+    before = nbformat.reads(text, as_version=4)
+    found = setup_lines(before)
+    if len(found) != 1:
+        raise SystemExit(notebook_problems(path, url)[0])
+    index, old = found[0]
+    if old == url:
+        return False
+    old_json, new_json = (json.dumps(f'REPOSITORY = "{u}"\n')[1:-1] for u in (old, url))
+    if text.count(old_json) != 1:
+        raise SystemExit(f"{path.relative_to(ROOT)}: the set-up line is not one JSON line")
+    new_text = text.replace(old_json, new_json)
+    after = nbformat.reads(new_text, as_version=4)
+    before.cells[index].source = before.cells[index].source.replace(
+        f'REPOSITORY = "{old}"', f'REPOSITORY = "{url}"'
+    )
+    assert after == before, f"{path}: more than the set-up line would change"
+    path.write_text(new_text)
+    return True
+
+
+def set_page(path: pathlib.Path, url: str) -> bool:
+    name = url.rsplit("/", 1)[1]
+    text = path.read_text()
+    new_text = CLONE.sub(lambda m: f"{m[1]}{url}{m[3] or ''}{m[4]}{name}", text)
+    new_text = PIP_GIT.sub(lambda m: f"{m[1]}{url}", new_text)
+    if new_text != text:
+        path.write_text(new_text)
+    return new_text != text
+
+
+def set_config(url: str) -> bool:
+    text = CONFIG.read_text()
+    new_text = CONFIG_LINE.sub(lambda m: m[1] + url, text, count=1)
+    if new_text != text:
+        CONFIG.write_text(new_text)
+    return new_text != text
+
+
+def files(*patterns: str) -> list[pathlib.Path]:
+    return sorted(path for pattern in patterns for path in ROOT.glob(pattern))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("repository", nargs="?", help="OWNER/NAME or https://github.com/OWNER/NAME")
+    group.add_argument("--check", action="store_true", help="only report disagreements")
+    args = parser.parse_args(argv)
+
+    if args.check:
+        url = configured_url()
+        problems = [p for path in files(NOTEBOOKS) for p in notebook_problems(path, url)]
+        problems += [p for path in files(*PAGES) for p in page_problems(path, url)]
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if not problems:
+            print(f"every notebook and page uses {url}")
+        return 1 if problems else 0
+
+    try:
+        url = repository_url(args.repository)
+    except ValueError as error:
+        parser.error(str(error))
+    changed = [CONFIG] if set_config(url) else []
+    changed += [path for path in files(NOTEBOOKS) if set_notebook(path, url)]
+    changed += [path for path in files(*PAGES) if set_page(path, url)]
+    for path in changed:
+        print(f"{path.relative_to(ROOT)}: repository {url}")
+    if not changed:
+        print(f"already {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
