@@ -46,12 +46,13 @@ with label dropout for class-conditional networks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from diffusion_core import distributed
 from diffusion_core._validation import (
+    as_tensor,
     check_batch,
     check_float,
     check_labels,
@@ -61,18 +62,26 @@ from diffusion_core._validation import (
     check_torch_generator,
     per_sample,
 )
+from diffusion_core.flow import ot_couple, path_coefficients
 from diffusion_core.forward import q_sample
 from diffusion_core.parameterization import PREDICTIONS
-from diffusion_core.schedules import Schedule
+from diffusion_core.schedules import Process, RectifiedFlow, Schedule
 
 __all__ = [
+    "COUPLINGS",
     "PREDICTIONS",
+    "TIME_SAMPLERS",
     "WEIGHTINGS",
     "DiffusionLoss",
+    "FlowMatchingLoss",
     "Objective",
     "diffusion_loss",
+    "flow_matching_eps_weight",
+    "flow_matching_loss",
+    "flow_matching_target",
     "loss_weight",
     "per_sample_loss",
+    "sample_flow_time",
     "sample_t_and_noise",
     "target",
 ]
@@ -333,3 +342,174 @@ def _check_prediction(prediction) -> None:
 def _check_weighting(weighting) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+# ------------------------------------------------------------------------ flow matching
+
+TIME_SAMPLERS = ("uniform", "logit_normal")
+COUPLINGS = ("independent", "ot", "given")
+
+
+def sample_flow_time(
+    n: int,
+    generator: torch.Generator,
+    sampler: str = "uniform",
+    location: float = 0.0,
+    spread: float = 1.0,
+) -> torch.Tensor:
+    """n continuous times in (0, 1), float64, drawn from ``generator``.
+
+    - ``"uniform"``: t ~ U(0, 1) (Lipman et al. 2023);
+    - ``"logit_normal"``: t = sigmoid(location + spread z), z ~ N(0, 1), whose density
+
+          pi_ln(t; m, s) = exp(-(logit t - m)^2 / (2 s^2)) / (s sqrt(2 pi) t (1 - t))
+
+      puts the training effort on the middle times, where the velocity is hardest to predict
+      (Esser et al. 2024, Sec. 3.1, Eq. 19; their best rectified flows use m = 0, s = 1).
+    """
+    n = check_positive_int("n", n)
+    check_torch_generator("generator", generator)
+    if sampler not in TIME_SAMPLERS:
+        raise ValueError(f"sampler must be one of {TIME_SAMPLERS}, got {sampler!r}")
+    location = check_number("location", location, -50.0, 50.0)
+    spread = check_number("spread", spread, 0.0, 50.0, low_open=True)
+    where = generator.device
+    if sampler == "uniform":
+        return torch.rand(n, generator=generator, dtype=torch.float64, device=where)
+    z = torch.randn(n, generator=generator, dtype=torch.float64, device=where)
+    return torch.sigmoid(location + spread * z)
+
+
+def flow_matching_target(x0: torch.Tensor, noise: torch.Tensor, d_scale, d_std) -> torch.Tensor:
+    """The conditional velocity u = d_scale x0 + d_std eps of the path x_t = scale x0 + std eps
+    (Lipman et al. 2023, Eq. 15 and 23): eps - x0 for rectified flow. ``d_scale`` and ``d_std``
+    hold one value per sample (n,) or one for all; the result has ``x0``'s dtype."""
+    x0, noise = check_float("x0", x0), check_float("noise", noise)
+    if x0.ndim < 2 or noise.shape != x0.shape:
+        raise ValueError(
+            f"x0 and noise must have one shape (n, ...) with a batch axis, got "
+            f"{tuple(x0.shape)} and {tuple(noise.shape)}"
+        )
+    d_scale = check_float("d_scale", as_tensor("d_scale", d_scale, torch.float64))
+    d_std = check_float("d_std", as_tensor("d_std", d_std, torch.float64))
+    for name, value in (("d_scale", d_scale), ("d_std", d_std)):
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != x0.shape[0]):
+            raise ValueError(
+                f"{name} must be a number or have shape ({x0.shape[0]},), got {tuple(value.shape)}"
+            )
+    d_scale, d_std = d_scale.to(x0.device), d_std.to(x0.device)
+    u = per_sample(d_scale, x0) * x0.double() + per_sample(d_std, x0) * noise.double()
+    return u.to(x0.dtype)
+
+
+def flow_matching_loss(
+    net, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, process, time_scale=1000.0
+) -> torch.Tensor:
+    """The conditional flow-matching loss of each sample, shape (n,) (Lipman et al. 2023,
+    Eq. 23, with the path's scale and std):
+
+        loss_i = || net(x_t, time_scale t_i) - (scale'(t_i) x0_i + std'(t_i) eps_i) ||^2 / d,
+        x_t = scale(t_i) x0_i + std(t_i) eps_i.
+
+    Its expectation differs from that of the marginal loss ||net - u_t(x_t)||^2 by a constant,
+    so both have one minimiser, the marginal velocity u_t(x) = E[u | x_t = x] (their Thm. 2).
+    ``t``: (n,) float times of ``process`` (see :func:`sample_flow_time`).
+    """
+    x0, noise = check_float("x0", x0), check_float("noise", noise)
+    if x0.ndim < 2 or noise.shape != x0.shape:
+        raise ValueError(
+            f"x0 and noise must have one shape (n, ...) with a batch axis, got "
+            f"{tuple(x0.shape)} and {tuple(noise.shape)}"
+        )
+    t = check_float("t", t)
+    if t.shape != x0.shape[:1]:
+        raise ValueError(f"t must have shape ({x0.shape[0]},), one time each, got {tuple(t.shape)}")
+    time_scale = check_number("time_scale", time_scale, 0.0, 1e6, low_open=True)
+    scale, std, d_scale, d_std = (c.to(x0.device) for c in path_coefficients(process, t.cpu()))
+    x_t = (per_sample(scale, x0) * x0.double() + per_sample(std, x0) * noise.double()).to(x0.dtype)
+    out = net(x_t, (time_scale * t).to(x0.device))
+    if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"net must return a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+    wanted = flow_matching_target(x0, noise, d_scale, d_std).to(out.dtype)
+    return (out - wanted).square().flatten(1).mean(1)
+
+
+def flow_matching_eps_weight(process, t) -> torch.Tensor:
+    """The weight w(t) that makes the flow-matching loss an eps-loss:
+    ||u - u_hat||^2 = w(t) ||eps - eps_hat||^2 with
+
+        w(t) = ((scale std' - std scale') / scale)^2,
+
+    since at fixed x_t the velocity is u = (scale' x_t + (scale std' - std scale') eps) / scale
+    (:func:`diffusion_core.parameterization.velocity_from_eps`). For rectified flow
+    w(t) = 1 / (1 - t)^2: flow matching is the eps-loss with its weight growing without bound
+    towards the noise, where eps-prediction is useless (Esser et al. 2024, Sec. 3; Kingma &
+    Gao 2023). float64, shaped like ``t``."""
+    scale, std, d_scale, d_std = path_coefficients(process, t)
+    return ((scale * d_std - std * d_scale) / scale).square()
+
+
+@dataclass(frozen=True)
+class FlowMatchingLoss(Objective):
+    """Conditional flow matching as a training objective (Lipman et al. 2023; Liu et al. 2023).
+
+    Per sample: t from :func:`sample_flow_time` (``time_sampler``, ``location``, ``spread``),
+    noise eps ~ N(0, I), then :func:`flow_matching_loss` on ``process`` (rectified flow by
+    default: x_t = (1 - t) x0 + t eps, target eps - x0). ``coupling`` says how data and noise
+    are paired:
+
+    - ``"independent"``: as drawn (the product coupling);
+    - ``"ot"``: the noise of the global minibatch reordered by the minibatch optimal-transport
+      plan, :func:`diffusion_core.flow.ot_couple` (Tong et al. 2024);
+    - ``"given"``: the batch holds the pairs, shape (n, 2, ...) with x0 = batch[:, 0] and eps =
+      batch[:, 1] (reflow, :func:`diffusion_core.flow.reflow_pairs`); no noise is drawn.
+
+    The times are drawn first, then the noise, both from ``generator`` for the whole batch,
+    before the shard of this process is kept.
+    """
+
+    process: Process = field(default_factory=RectifiedFlow)
+    time_sampler: str = "uniform"
+    location: float = 0.0
+    spread: float = 1.0
+    coupling: str = "independent"
+    time_scale: float = 1000.0
+
+    def __post_init__(self):
+        if not isinstance(self.process, Process):
+            raise TypeError(f"process must be a Process, got {type(self.process).__name__}")
+        if self.time_sampler not in TIME_SAMPLERS:
+            raise ValueError(
+                f"time_sampler must be one of {TIME_SAMPLERS}, got {self.time_sampler!r}"
+            )
+        check_number("location", self.location, -50.0, 50.0)
+        check_number("spread", self.spread, 0.0, 50.0, low_open=True)
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
+        check_number("time_scale", self.time_scale, 0.0, 1e6, low_open=True)
+
+    def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
+        """The per-sample loss of this process's shard of ``batch``, shape (n / W,)."""
+        check_float("batch", batch)
+        n = batch.shape[0] if batch.ndim else 0
+        t_max = float(self.process.t_max)
+        t = t_max * sample_flow_time(
+            max(n, 1), generator, self.time_sampler, self.location, self.spread
+        )
+        if self.coupling == "given":
+            if batch.ndim < 3 or batch.shape[1] != 2:
+                raise ValueError(
+                    f"coupling='given' needs batch of shape (n, 2, ...) holding (x0, eps) pairs, "
+                    f"got {tuple(batch.shape)}"
+                )
+            x0, noise = batch[:, 0], batch[:, 1]
+        else:
+            x0 = batch
+            where = generator.device
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=where)
+            noise = noise.to(x0.device)
+            if self.coupling == "ot":
+                noise = ot_couple(x0, noise)
+        x0, t, noise = distributed.shard(x0, t, noise)
+        return flow_matching_loss(net, x0, noise, t, self.process, self.time_scale)

@@ -46,12 +46,16 @@ __all__ = [
     "as_denoiser",
     "eps_from_score",
     "eps_from_v",
+    "eps_from_velocity",
     "eps_from_x0",
     "exact_denoiser",
     "score_from_eps",
     "v_from_eps_x0",
+    "velocity_from_eps",
+    "velocity_from_x0",
     "x0_from_eps",
     "x0_from_v",
+    "x0_from_velocity",
 ]
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -268,3 +272,84 @@ def exact_denoiser(mixture: GaussianMixture) -> Callable:
         return mixture.x0_pred(x, point.scale, point.std)
 
     return model
+
+
+# --------------------------------------------------------------------------- velocity
+
+
+def _rate(name: str, value, like: torch.Tensor) -> torch.Tensor | float:
+    """``d_scale`` or ``d_std``, the time derivative of a level: like :func:`_level`, but of
+    either sign (a level may fall or grow along the path)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return check_number(name, value, -MAX_LEVEL, MAX_LEVEL)
+    on_host = not isinstance(value, torch.Tensor)
+    value = as_tensor(name, value)
+    if not value.is_floating_point():
+        value = value.to(torch.float64)
+    if on_host:
+        for number in value.reshape(-1).tolist():
+            check_number(name, number, -MAX_LEVEL, MAX_LEVEL)
+    check_batch(name, value, like.shape[0], "the batch size")
+    return per_sample(value.to(device=like.device, dtype=torch.float64), like)
+
+
+def _path(x: torch.Tensor, scale, std, d_scale, d_std):
+    """The levels and rates of a velocity conversion, and its determinant
+    scale d_std - std d_scale (checked non-zero where all four are numbers)."""
+    scale, std = _level("scale", scale, x), _level("std", std, x)
+    d_scale, d_std = _rate("d_scale", d_scale, x), _rate("d_std", d_std, x)
+    det = scale * d_std - std * d_scale
+    if isinstance(det, float) and det == 0:
+        raise ValueError(
+            "scale * d_std - std * d_scale must not be 0: the path does not separate x0 and eps "
+            f"there (scale={scale}, std={std}, d_scale={d_scale}, d_std={d_std})"
+        )
+    return scale, std, d_scale, d_std, det
+
+
+def velocity_from_x0(x, x0, scale, std, d_scale, d_std) -> torch.Tensor:
+    """The velocity u = d_scale x0 + d_std eps of the affine path x_t = scale x0 + std eps
+    (Lipman et al. 2023, Eq. 15; Albergo & Vanden-Eijnden 2023), written with x_t and x0:
+
+        u = (d_std x - (scale d_std - std d_scale) x0) / std.
+
+    Applied to a denoiser's E[x0 | x_t] it gives the marginal velocity E[u | x_t] (the map is
+    affine). Divides by ``std``: undefined at std = 0. For rectified flow (scale, std) =
+    (1 - t, t), (d_scale, d_std) = (-1, 1) and u = (x - x0) / t.
+    """
+    x, x0 = _pair("x", x, "x0", x0)
+    scale, std, d_scale, d_std, det = _path(x, scale, std, d_scale, d_std)
+    if isinstance(std, float):
+        check_number("std", std, 0.0, MAX_LEVEL, low_open=True)
+    return (d_std * x - det * x0) / std
+
+
+def velocity_from_eps(x, eps, scale, std, d_scale, d_std) -> torch.Tensor:
+    """u = (d_scale x + (scale d_std - std d_scale) eps) / scale, the velocity of the affine
+    path from x_t and eps. Divides by ``scale``: undefined at scale = 0 (pure noise)."""
+    x, eps = _pair("x", x, "eps", eps)
+    scale, std, d_scale, d_std, det = _path(x, scale, std, d_scale, d_std)
+    if isinstance(scale, float):
+        check_number("scale", scale, 0.0, MAX_LEVEL, low_open=True)
+    return (d_scale * x + det * eps) / scale
+
+
+def x0_from_velocity(x, u, scale, std, d_scale, d_std) -> torch.Tensor:
+    """x0 = (d_std x - std u) / (scale d_std - std d_scale): solving x = scale x0 + std eps and
+    u = d_scale x0 + d_std eps for x0 (Cramer's rule). For rectified flow, x0 = x - t u.
+
+    Finite wherever the determinant is non-zero, which it is on every path whose
+    signal-to-noise ratio falls strictly (zero SNR included): the velocity, like v, works at
+    t = 1 where eps-prediction cannot.
+    """
+    x, u = _pair("x", x, "u", u)
+    scale, std, d_scale, d_std, det = _path(x, scale, std, d_scale, d_std)
+    return (d_std * x - std * u) / det
+
+
+def eps_from_velocity(x, u, scale, std, d_scale, d_std) -> torch.Tensor:
+    """eps = (scale u - d_scale x) / (scale d_std - std d_scale), the other half of the
+    solution of :func:`x0_from_velocity`. For rectified flow, eps = x + (1 - t) u."""
+    x, u = _pair("x", x, "u", u)
+    scale, std, d_scale, d_std, det = _path(x, scale, std, d_scale, d_std)
+    return (scale * u - d_scale * x) / det
