@@ -1,13 +1,12 @@
 """Sphinx extension: serve the whole-book PDF with the HTML and link it from every page.
 
-``make pdf`` typesets the book with XeLaTeX into ``_build/latex/<name>.pdf`` (the name is
-``latex_documents``' target with ``.pdf``). When that file exists as an HTML build starts, the
-build copies it to ``_static/<name>.pdf`` and adds "Whole book (PDF)" to the download menu
-of every page (beside the theme's print-this-page ".pdf"). When it does not exist, the menu
-has no such entry, so no build ever links a PDF it does not serve: ``make book`` and the
-strict build of ``make test`` behave alike, and publish the PDF exactly when it was made
-before them (as the publishing workflow does).
-"""
+``make pdf`` typesets the book with XeLaTeX into ``_build/latex/<name>.pdf`` (``<name>.tex``
+is the target of ``latex_documents`` in _config.yml). When that file exists as an HTML build
+starts, the build copies it to ``_static/<name>.pdf`` and adds "Whole book (PDF)" to the
+download menu of every page (beside the theme's print-this-page ".pdf"). When it does not
+exist, the menu has no such entry, so no build ever links a PDF it does not serve:
+``make book`` and the strict build of ``make test`` behave alike, and publish the PDF exactly
+when it was made before them (as the publishing workflow does)."""
 
 from __future__ import annotations
 
@@ -21,15 +20,15 @@ logger = logging.getLogger(__name__)
 BUTTON_LABEL = "download-book-pdf-button"
 
 
-def pdf_name(app: Sphinx) -> str:
-    target = app.config.latex_documents[0][1] if app.config.latex_documents else "book.tex"
-    return pathlib.Path(target).with_suffix(".pdf").name
-
-
 def built_pdf(app: Sphinx) -> pathlib.Path | None:
-    """The PDF of the LaTeX build beside this HTML build (``_build/latex``), if there is one."""
-    path = pathlib.Path(app.outdir).parent / "latex" / pdf_name(app)
-    return path if path.is_file() else None
+    """The PDF of the LaTeX build beside this HTML build (``_build/latex``), if there is one.
+
+    That is the PDF typeset from a ``.tex`` file of the same name; Jupyter Book's LaTeX build
+    writes one (the target of ``latex_documents`` in _config.yml).
+    """
+    latex = pathlib.Path(app.outdir).parent / "latex"
+    typeset = [pdf for pdf in latex.glob("*.pdf") if pdf.with_suffix(".tex").is_file()]
+    return typeset[0] if len(typeset) == 1 else None
 
 
 def note_pdf(app: Sphinx) -> None:
@@ -47,7 +46,7 @@ def add_download_entry(app: Sphinx, pagename, templatename, context, doctree) ->
             button["buttons"].append(
                 {
                     "type": "link",
-                    "url": context["pathto"](f"_static/{pdf_name(app)}", 1),
+                    "url": context["pathto"](f"_static/{app.book_pdf.name}", 1),
                     "text": "Whole book (PDF)",
                     "tooltip": "Download the whole book as one PDF",
                     "icon": "fas fa-book",
@@ -59,7 +58,7 @@ def add_download_entry(app: Sphinx, pagename, templatename, context, doctree) ->
 def copy_pdf(app: Sphinx, exception: Exception | None) -> None:
     source = getattr(app, "book_pdf", None) if exception is None else None
     if source:
-        target = pathlib.Path(app.outdir) / "_static" / pdf_name(app)
+        target = pathlib.Path(app.outdir) / "_static" / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 
