@@ -6,13 +6,16 @@ imports it.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
 import math
-import re
+import uuid
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
-from matplotlib.animation import FuncAnimation
 from matplotlib.axes import Axes
 
 from diffusion_core._validation import (
@@ -134,11 +137,15 @@ def density_panel(ax, log_prob, limit: float, resolution: int = 160, levels: int
     return ax
 
 
-# Animations embed every frame as a PNG in the notebook, so they are kept short and small.
+# Animations embed every frame as a PNG in the notebook (and the book's page), so they are kept
+# short and small: frames are drawn at 100 dpi, as the book's figures, and stored as palette PNGs
+# of at most 64 colours (a plot has few colours; a frame is several times smaller than an RGBA
+# PNG from matplotlib).
 MAX_FRAMES = 60
 MAX_INTERVAL = 10_000  # milliseconds between frames
 MAX_SIZE = 30.0  # inches (a point size is at most its square)
-ANIMATION_DPI = 72
+ANIMATION_DPI = 100
+PALETTE_COLORS = 64
 
 
 def _as_frames(frames) -> torch.Tensor:
@@ -171,34 +178,148 @@ def _check_animation(interval, size) -> tuple[int, float]:
     return interval, check_number("size", size, 0, MAX_SIZE, low_open=True)
 
 
-# matplotlib's player draws its buttons with Font Awesome icons loaded from a CDN; the book must
-# work offline, so the stylesheet link is dropped and each icon becomes a plain Unicode glyph.
-_CDN_STYLESHEET = re.compile(r"<link[^>]*font-awesome[^>]*>\s*")
-_PLAYER_GLYPHS = {
-    "fa fa-fast-backward": "\u23ee",
-    "fa fa-step-backward": "\u23f4\u23f4",
-    "fa fa-play fa-flip-horizontal": "\u25c0",
-    "fa fa-pause": "\u23f8",
-    "fa fa-play": "\u25b6",
-    "fa fa-step-forward": "\u23f5\u23f5",
-    "fa fa-fast-forward": "\u23ed",
-    "fa fa-minus": "\u2212",
-    "fa fa-plus": "+",
+def _layout(fig, ax, titles) -> None:
+    """Lay the figure out around the first frame's title, so that every title fits inside it."""
+    if titles is not None:
+        ax.set_title(titles[0], fontsize=10)
+    fig.tight_layout()
+
+
+def _png_frames(fig, update, n_frames: int) -> list[bytes]:
+    """Draw every frame and store it as a small palette PNG."""
+    from PIL import Image
+
+    pngs = []
+    for i in range(n_frames):
+        update(i)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=ANIMATION_DPI)
+        image = Image.open(buffer).convert("RGB")
+        palette = image.quantize(PALETTE_COLORS, dither=Image.Dither.NONE)
+        buffer = io.BytesIO()
+        palette.save(buffer, format="PNG", optimize=True)
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+# The player's buttons, drawn as SVG (16 x 16) so that they need no icon or emoji font.
+_ICONS = {
+    "first": "M2 3h2v10H2zM9 3v10L4 8zM15 3v10l-5-5z",
+    "previous": "M3 3h2v10H3zM13 3v10L6 8z",
+    "play": "M4 2.5v11L13.5 8z",
+    "pause": "M3.5 3h3v10h-3zM9.5 3h3v10h-3z",
+    "next": "M11 3h2v10h-2zM3 3v10l7-5z",
+    "last": "M12 3h2v10h-2zM7 3v10l5-5zM1 3v10l5-5z",
 }
+_BUTTONS = [
+    ("first", "First frame"),
+    ("previous", "Previous frame"),
+    ("play", "Play"),
+    ("next", "Next frame"),
+    ("last", "Last frame"),
+]
+_PLAYER_STYLE = (
+    ".book-animation{max-width:100%}"
+    ".book-animation img{display:block;max-width:100%;height:auto}"
+    ".book-animation .controls{display:flex;flex-wrap:wrap;align-items:center;gap:4px;"
+    "margin-top:4px}"
+    ".book-animation button{display:inline-flex;align-items:center;justify-content:center;"
+    "width:32px;height:28px;padding:0;border:1px solid #999;border-radius:4px;"
+    "background:transparent;color:inherit;cursor:pointer}"
+    ".book-animation svg{width:16px;height:16px;fill:currentColor}"
+    ".book-animation input{flex:1 1 120px;min-width:80px}"
+)
+_PLAYER_SCRIPT = """(function () {
+  var root = document.getElementById("%(id)s");
+  var frames = %(frames)s;
+  var img = root.querySelector("img"), slider = root.querySelector("input");
+  var play = root.querySelector("[data-action=play]");
+  var frame = 0, timer = null;
+  function show(i) {
+    frame = (i + frames.length) %% frames.length;
+    img.src = "data:image/png;base64," + frames[frame];
+    slider.value = frame;
+  }
+  function playing(on) {
+    play.querySelector(".icon-play").style.display = on ? "none" : "";
+    play.querySelector(".icon-pause").style.display = on ? "" : "none";
+    play.setAttribute("aria-label", on ? "Pause" : "Play");
+    play.title = on ? "Pause" : "Play";
+  }
+  function stop() { clearInterval(timer); timer = null; playing(false); }
+  var actions = {
+    first: function () { stop(); show(0); },
+    previous: function () { stop(); show(frame - 1); },
+    next: function () { stop(); show(frame + 1); },
+    last: function () { stop(); show(frames.length - 1); },
+    play: function () {
+      if (timer) { stop(); return; }
+      timer = setInterval(function () { show(frame + 1); }, %(interval)d);
+      playing(true);
+    }
+  };
+  root.querySelectorAll("button").forEach(function (button) {
+    button.addEventListener("click", actions[button.dataset.action]);
+  });
+  slider.addEventListener("input", function () { stop(); show(+slider.value); });
+})();"""
 
 
-def _offline_player(html: str) -> str:
-    html = _CDN_STYLESHEET.sub("", html)
-    for icon, glyph in _PLAYER_GLYPHS.items():
-        html = html.replace(f'<i class="{icon}"></i>', glyph)
-    return html
+def _svg(path: str, name: str, hidden: bool = False) -> str:
+    style = ' style="display:none"' if hidden else ""
+    return (
+        f'<svg class="icon-{name}" viewBox="0 0 16 16" aria-hidden="true"{style}>'
+        f'<path d="{path}"/></svg>'
+    )
 
 
-def _to_jshtml(fig, update, n_frames: int, interval: int) -> HTML:
-    animation = FuncAnimation(fig, update, frames=n_frames, interval=interval, blit=False)
-    html = _offline_player(animation.to_jshtml(default_mode="loop"))
+def _player(pngs: list[bytes], interval: int, alt: str) -> str:
+    """A small self-contained player: the frames, five buttons and a slider."""
+    element_id = f"book-animation-{uuid.uuid4().hex}"
+    frames = [base64.b64encode(png).decode("ascii") for png in pngs]
+    width, height = _png_size(pngs[0])
+    buttons = []
+    for action, label in _BUTTONS:
+        icon = _svg(_ICONS[action], action)
+        if action == "play":
+            icon += _svg(_ICONS["pause"], "pause", hidden=True)
+        buttons.append(
+            f'<button type="button" data-action="{action}" aria-label="{label}" '
+            f'title="{label}">{icon}</button>'
+        )
+    script = _PLAYER_SCRIPT % {
+        "id": element_id,
+        "frames": json.dumps(frames),
+        "interval": interval,
+    }
+    return (
+        f"<style>{_PLAYER_STYLE}</style>\n"
+        f'<div class="book-animation" id="{element_id}">\n'
+        f'<img src="data:image/png;base64,{frames[0]}" width="{width}" height="{height}" '
+        f'alt="{html.escape(alt)}">\n'
+        f'<div class="controls">{"".join(buttons)}'
+        f'<input type="range" min="0" max="{len(frames) - 1}" value="0" step="1" '
+        'aria-label="Frame"></div>\n'
+        f"</div>\n<script>\n{script}\n</script>\n"
+    )
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    # The IHDR chunk: width and height as big-endian 32-bit integers at bytes 16..24.
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def _describe(what: str, titles, n_frames: int) -> str:
+    text = f"Animation of {what} over {n_frames} frame{'s' if n_frames > 1 else ''}"
+    if titles is not None:
+        text += f", from {titles[0]} to {titles[-1]}" if n_frames > 1 else f", {titles[0]}"
+    return text
+
+
+def _to_html(fig, update, n_frames: int, interval: int, alt: str) -> HTML:
+    pngs = _png_frames(fig, update, n_frames)
     plt.close(fig)  # the animation replaces the figure: do not show a static copy as well
-    return HTML(html)
+    return HTML(_player(pngs, interval, alt))
 
 
 def animate_points(
@@ -218,9 +339,10 @@ def animate_points(
     ``lambda ax: density_panel(ax, model.log_prob, limit)``). The view is the square
     [-limit, limit]^2, by default just large enough for every frame.
 
-    Returns an ``IPython.display.HTML`` holding ``FuncAnimation.to_jshtml()``: the frames are
-    embedded as PNG images with a small JavaScript player, so the animation plays in the
-    rendered book without a kernel. Its HTML element ids are random and change on every run,
+    Returns an ``IPython.display.HTML``: the frames are embedded as small palette PNG images
+    with a small JavaScript player (buttons drawn as SVG, a slider), so the animation plays in
+    the rendered book without a kernel and without any font of the reader's. Each frame's title
+    is laid out inside the frame. The player's element id is random and changes on every run,
     so a notebook cell that shows it needs the tag ``nbval-ignore-output``.
     """
     frames = _as_frames(frames)
@@ -244,7 +366,7 @@ def animate_points(
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
     scatter = ax.scatter(frames[0, :, 0], frames[0, :, 1], s=point_size, color=color)
-    fig.tight_layout()
+    _layout(fig, ax, titles)
 
     def update(i):
         scatter.set_offsets(frames[i].numpy())
@@ -252,7 +374,8 @@ def animate_points(
             ax.set_title(titles[i], fontsize=10)
         return (scatter,)
 
-    return _to_jshtml(fig, update, frames.shape[0], interval)
+    alt = _describe(f"{frames.shape[1]} points moving in the plane", titles, frames.shape[0])
+    return _to_html(fig, update, frames.shape[0], interval, alt)
 
 
 def animate_images(
@@ -296,7 +419,7 @@ def animate_images(
     fig, ax = plt.subplots(figsize=(size, size), dpi=ANIMATION_DPI)
     image = ax.imshow(frames[0].numpy(), interpolation="nearest", **style)
     ax.set_axis_off()
-    fig.tight_layout()
+    _layout(fig, ax, titles)
 
     def update(i):
         image.set_data(frames[i].numpy())
@@ -304,4 +427,5 @@ def animate_images(
             ax.set_title(titles[i], fontsize=10)
         return (image,)
 
-    return _to_jshtml(fig, update, frames.shape[0], interval)
+    alt = _describe("an image changing", titles, frames.shape[0])
+    return _to_html(fig, update, frames.shape[0], interval, alt)

@@ -1,17 +1,37 @@
 """The animation helpers of diffusion_core.plotting: self-contained HTML, one image per frame."""
 
+import base64
+import io
+import json
+import re
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from IPython.display import HTML
+from PIL import Image
 
 from diffusion_core import plotting
 
-EMBEDDED_FRAME = "data:image/png;base64,"
+# Characters that a browser without an emoji or symbol font shows as empty boxes.
+NEEDS_SYMBOL_FONT = re.compile("[\u23e9-\u23fa\u2700-\u27bf\U0001f300-\U0001faff]")
+
+
+def frames_of(html: HTML) -> list[Image.Image]:
+    """The frames that the player's script holds, decoded."""
+    match = re.search(r"var frames = (\[.*?\]);", html.data)
+    assert match, "no frames in the player's script"
+    return [Image.open(io.BytesIO(base64.b64decode(f))) for f in json.loads(match.group(1))]
 
 
 def embedded_frames(html: HTML) -> int:
-    return html.data.count(EMBEDDED_FRAME)
+    return len(frames_of(html))
+
+
+def ink(image: Image.Image) -> np.ndarray:
+    """Per pixel, whether it is darker than the white background."""
+    return np.asarray(image.convert("L")) < 200
 
 
 def test_animate_points_embeds_one_png_per_frame_and_closes_its_figure():
@@ -62,11 +82,47 @@ def test_animate_images_rejects_other_shapes(shape):
         lambda: plotting.animate_images(torch.zeros(3, 8, 8)),
     ],
 )
-def test_animations_need_nothing_from_the_internet(make):
+def test_animations_need_nothing_from_the_internet_nor_any_font(make):
     html = make().data
     assert "http://" not in html and "https://" not in html  # no CDN stylesheet or script
-    assert 'class="fa ' not in html  # every icon became a glyph: no icon font needed
-    assert "\u25b6" in html and "\u23f8" in html  # play and pause buttons still labelled
+    assert 'class="fa ' not in html  # no icon font
+    assert not NEEDS_SYMBOL_FONT.search(html)  # no media-control or emoji glyphs either
+    for label in ("First frame", "Previous frame", "Play", "Next frame", "Last frame"):
+        assert f'aria-label="{label}"' in html  # each button named for screen readers
+    assert html.count("<svg") == 6  # and drawn as SVG (play and pause share a button)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda titles: plotting.animate_points(torch.zeros(2, 4, 2), titles=titles, limit=1.0),
+        lambda titles: plotting.animate_images(-torch.ones(2, 8, 8), titles=titles),  # white
+    ],
+)
+def test_frame_titles_are_drawn_inside_the_frame(make):
+    titled = frames_of(make(["t = 975", "t = 0"]))[0]
+    plain = frames_of(make(None))[0]
+    assert titled.size == plain.size
+    titled_ink = ink(titled)
+    assert not titled_ink[0].any(), "something is cut off at the top edge of the frame"
+    # The title adds ink above the plot, within the frame.
+    band = titled_ink.shape[0] // 8
+    assert titled_ink[:band].sum() > ink(plain)[:band].sum() + 20
+
+
+def test_frames_are_small_palette_pngs():
+    generator = torch.Generator().manual_seed(0)
+    html = plotting.animate_points(torch.randn(4, 200, 2, generator=generator), limit=3.0)
+    for frame in frames_of(html):
+        assert frame.format == "PNG" and frame.mode == "P"
+        assert len(frame.getcolors()) <= plotting.PALETTE_COLORS
+    assert len(html.data) < 4 * 20_000  # a 288-pixel scatter frame: well under 20 kB
+
+
+def test_the_first_frame_is_shown_with_a_description():
+    html = plotting.animate_images(torch.zeros(3, 8, 8), titles=["t = 2", "t = 1", "t = 0"]).data
+    alt = re.search(r'<img [^>]*alt="([^"]*)"', html).group(1)
+    assert alt == "Animation of an image changing over 3 frames, from t = 2 to t = 0"
 
 
 def test_bad_arguments_are_refused_by_name():
