@@ -95,45 +95,34 @@ def page_problems(path: pathlib.Path, url: str) -> list[str]:
     return [f"{problem}, want {url}" for problem in problems]
 
 
-def set_notebook(path: pathlib.Path, url: str) -> bool:
-    """Rewrite the set-up line's JSON string in place; True if the file changed."""
+def notebook_text(path: pathlib.Path, url: str) -> str:
+    """The notebook's JSON text with the set-up line's string rewritten, nothing else."""
     text = path.read_text()
     before = nbformat.reads(text, as_version=4)
     found = setup_lines(before)
     if len(found) != 1:
         raise SystemExit(notebook_problems(path, url)[0])
     index, old = found[0]
-    if old == url:
-        return False
-    old_json, new_json = (json.dumps(f'REPOSITORY = "{u}"\n')[1:-1] for u in (old, url))
+    old_json, new_json = (json.dumps(f'REPOSITORY = "{u}"')[1:-1] for u in (old, url))
     if text.count(old_json) != 1:
-        raise SystemExit(f"{path.relative_to(ROOT)}: the set-up line is not one JSON line")
+        raise SystemExit(f"{path.relative_to(ROOT)}: the set-up line is not one JSON string")
     new_text = text.replace(old_json, new_json)
-    after = nbformat.reads(new_text, as_version=4)
     before.cells[index].source = before.cells[index].source.replace(
         f'REPOSITORY = "{old}"', f'REPOSITORY = "{url}"'
     )
-    assert after == before, f"{path}: more than the set-up line would change"
-    path.write_text(new_text)
-    return True
+    if nbformat.reads(new_text, as_version=4) != before:
+        raise SystemExit(f"{path.relative_to(ROOT)}: more than the set-up line would change")
+    return new_text
 
 
-def set_page(path: pathlib.Path, url: str) -> bool:
+def page_text(path: pathlib.Path, url: str) -> str:
     name = url.rsplit("/", 1)[1]
-    text = path.read_text()
-    new_text = CLONE.sub(lambda m: f"{m[1]}{url}{m[3] or ''}{m[4]}{name}", text)
-    new_text = PIP_GIT.sub(lambda m: f"{m[1]}{url}", new_text)
-    if new_text != text:
-        path.write_text(new_text)
-    return new_text != text
+    text = CLONE.sub(lambda m: f"{m[1]}{url}{m[3] or ''}{m[4]}{name}", path.read_text())
+    return PIP_GIT.sub(lambda m: f"{m[1]}{url}", text)
 
 
-def set_config(url: str) -> bool:
-    text = CONFIG.read_text()
-    new_text = CONFIG_LINE.sub(lambda m: m[1] + url, text, count=1)
-    if new_text != text:
-        CONFIG.write_text(new_text)
-    return new_text != text
+def config_text(url: str) -> str:
+    return CONFIG_LINE.sub(lambda m: m[1] + url, CONFIG.read_text(), count=1)
 
 
 def files(*patterns: str) -> list[pathlib.Path]:
@@ -161,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         url = repository_url(args.repository)
     except ValueError as error:
         parser.error(str(error))
-    changed = [CONFIG] if set_config(url) else []
-    changed += [path for path in files(NOTEBOOKS) if set_notebook(path, url)]
-    changed += [path for path in files(*PAGES) if set_page(path, url)]
+    # Everything is computed first and written only if every file could be rewritten.
+    texts = {CONFIG: config_text(url)}
+    texts |= {path: notebook_text(path, url) for path in files(NOTEBOOKS)}
+    texts |= {path: page_text(path, url) for path in files(*PAGES)}
+    changed = [path for path, text in texts.items() if text != path.read_text()]
     for path in changed:
+        path.write_text(texts[path])
         print(f"{path.relative_to(ROOT)}: repository {url}")
     if not changed:
         print(f"already {url}")

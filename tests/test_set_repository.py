@@ -104,3 +104,19 @@ def test_bad_repository_is_refused_by_name(tmp_path):
     assert result.returncode == 2
     assert "OWNER/NAME" in result.stderr
     assert snapshot(root) == snapshot(copy_of_the_book(tmp_path / "again"))
+
+
+def test_nothing_is_written_when_a_notebook_has_no_setup_line(tmp_path):
+    root = copy_of_the_book(tmp_path)
+    notebook_path = sorted((root / "notebooks").glob("*.ipynb"))[-1]
+    notebook = json.loads(notebook_path.read_text())
+    for cell in notebook["cells"]:
+        cell["source"] = [line for line in cell["source"] if not line.startswith("REPOSITORY =")]
+    notebook_path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+    before = snapshot(root)
+
+    result = run(root, "someone/fork-of-the-book")
+    assert result.returncode != 0
+    assert notebook_path.name in result.stderr and "want 1" in result.stderr
+    assert snapshot(root) == before
+    assert run(root, "--check").returncode == 1
