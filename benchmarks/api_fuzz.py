@@ -47,6 +47,7 @@ from diffusion_core import (  # noqa: E402
     autoencoder,
     device,
     forward,
+    grids,
     images,
     latent,
     metrics,
@@ -246,8 +247,23 @@ CASES = {
             sampler,
             lambda: dict(model=EXACT, x=x2(), grid=GRID, generator=gen(), callback=None),
         )
-        for name, sampler in samplers.SAMPLERS.items()
+        for name, sampler in (samplers.SAMPLERS | samplers.HIGH_ORDER_SAMPLERS).items()
     },
+    "samplers.unipc_3(options)": (
+        samplers.unipc_3,
+        lambda: dict(model=EXACT, x=x2(), grid=GRID, variant="bh1", order=2),
+    ),
+    "samplers.ipndm(order)": (
+        samplers.ipndm,
+        lambda: dict(model=EXACT, x=x2(), grid=GRID, order=3),
+    ),
+    "grids.fit_grid": (
+        grids.fit_grid,
+        lambda: dict(
+            model=EXACT, process=LIN, steps=3, pilot=4, max_trials=5, reference_steps=20
+        ),
+    ),
+    "grids.fixed_grids": (grids.fixed_grids, lambda: dict(process=LIN, steps=4)),
     "samplers.ddim(eta)": (
         samplers.ddim,
         lambda: dict(model=EXACT, x=x2(), grid=GRID, eta=0.5),

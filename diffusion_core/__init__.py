@@ -11,7 +11,9 @@ Modules, in the order data flows through them:
 - :mod:`~diffusion_core.nets`, :mod:`~diffusion_core.losses`, :mod:`~diffusion_core.train`:
   networks, training objectives and a reproducible training loop;
 - :mod:`~diffusion_core.samplers`: samplers with one shared signature over an explicit time grid,
-  each one step rule applied by one loop;
+  each one step rule applied by one loop, the higher-order multistep solvers included;
+- :mod:`~diffusion_core.grids`: the classical time grids and a grid fitted to a model for
+  sampling in a few steps;
 - :mod:`~diffusion_core.metrics`: distances between distributions, image-quality scores;
 - :mod:`~diffusion_core.images`: the digits data, the classifier behind the image scores, and
   the book's trained digits denoisers;

@@ -89,6 +89,14 @@ from diffusion_core.forward import posterior_coefficients
 from diffusion_core.schedules import GridPoint, Process, TimeGrid
 
 __all__ = [
+    "unipc_3_steps",
+    "unipc_3",
+    "ipndm_steps",
+    "ipndm",
+    "dpm_solver_pp_3m_steps",
+    "dpm_solver_pp_3m",
+    "UNIPC_VARIANTS",
+    "HIGH_ORDER_SAMPLERS",
     "MAX_CORRECTOR_STEPS",
     "MAX_FLOW_STEPS",
     "SAMPLERS",
@@ -136,7 +144,9 @@ class Update(NamedTuple):
 
     where D_i = D(x_i) and D_{i-1} are the denoiser's outputs at this and the previous grid point,
     z_i ~ N(0, I) is fresh noise, and, in a corrector only, x_pred is the predicted point and
-    D' = D(x_pred) at the next grid point."""
+    D' = D(x_pred) at the next grid point. The higher-order multistep solvers add
+    sum_k d_older[k] D_{i-2-k} + sum_k x_older[k] x_{i-1-k}: older denoiser outputs and
+    states, which the loop keeps only as far back as some step asks for."""
 
     x: float = 0.0
     d: float = 0.0
@@ -144,6 +154,8 @@ class Update(NamedTuple):
     noise: float = 0.0
     x_pred: float = 0.0
     d_pred: float = 0.0
+    d_older: tuple[float, ...] = ()
+    x_older: tuple[float, ...] = ()
 
 
 class Step(NamedTuple):
@@ -197,14 +209,23 @@ def apply_steps(steps, model, x, points, noise, callback, dtype, shift=None):
     is added to the state after step i. :mod:`diffusion_core.stability` runs it on symbolic
     states to obtain a sampler's exact affine map."""
     d_prev = d_next = None
+    depth_d, depth_x = _history_depth(steps)
+    d_past, x_past = [], []  # D_{i-2}, D_{i-3}, ... and x_{i-1}, x_{i-2}, ...
     for i, step in enumerate(steps):
         d = _evaluate(model, x, points[i], dtype) if d_next is None else d_next
         z = noise(x) if step.predict.noise != 0 else None
-        predicted = _terms(step.predict, x, d, d_prev, z)
+        past = (d_past, x_past) if depth_d or depth_x else None
+        predicted = _terms(step.predict, x, d, d_prev, z, past=past)
         if step.correct is None:
             x_new, d_next = _total(predicted), None
         else:
-            x_new, d_next = _correct(step, model, points[i + 1], dtype, x, d, d_prev, predicted)
+            x_new, d_next = _correct(
+                step, model, points[i + 1], dtype, x, d, d_prev, predicted, past
+            )
+        if depth_d and d_prev is not None:
+            d_past[:] = [d_prev, *d_past][:depth_d]
+        if depth_x:
+            x_past[:] = [x, *x_past][:depth_x]
         x, d_prev = x_new, d
         if shift is not None:
             x = x + shift(i)
@@ -213,7 +234,16 @@ def apply_steps(steps, model, x, points, noise, callback, dtype, shift=None):
     return x
 
 
-def _correct(step: Step, model, point, dtype, x, d, d_prev, predicted) -> tuple:
+def _history_depth(steps) -> tuple[int, int]:
+    """How many older denoiser outputs and states any step of ``steps`` reads."""
+    updates = [u for step in steps for u in (step.predict, step.correct) if u is not None]
+    return (
+        max((len(u.d_older) for u in updates), default=0),
+        max((len(u.x_older) for u in updates), default=0),
+    )
+
+
+def _correct(step: Step, model, point, dtype, x, d, d_prev, predicted, past=None) -> tuple:
     """A corrector: the prediction x_pred (the sum of the ``predicted`` terms), D' = D(x_pred) at
     ``point``, and x_{i+1} = ``step.correct``; returns x_{i+1} and D' if the next step reuses it.
 
@@ -223,7 +253,7 @@ def _correct(step: Step, model, point, dtype, x, d, d_prev, predicted) -> tuple:
     """
     x_pred = _total(predicted)
     d_pred = _evaluate(model, x_pred, point, dtype)
-    terms = _terms(step.correct, x, d, d_prev, None, x_pred, d_pred)
+    terms = _terms(step.correct, x, d, d_prev, None, x_pred, d_pred, past)
     # x_pred is the loop's own temporary unless the model saw it itself or D' is kept for later
     target = x_pred if dtype != F64 and not step.reuse else None
     expanded, c_pred, in_place = [], 0.0, False
@@ -254,10 +284,11 @@ def _evaluate(model, x: torch.Tensor, point: GridPoint, dtype: torch.dtype) -> t
     return ((a, x), (b, out))
 
 
-def _terms(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None) -> list:
+def _terms(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None, past=None) -> list:
     """The linear combination ``u`` of x, the denoiser terms d, d_prev and d_pred (see
-    :func:`_evaluate`), the noise z and x_pred, as a list of [coefficient, tensor] with one
-    entry per distinct tensor (the coefficients of one tensor summed) and none that is zero."""
+    :func:`_evaluate`), the noise z and x_pred, and ``past`` = (older denoiser terms, older
+    states) where the update reads them, as a list of [coefficient, tensor] with one entry per
+    distinct tensor (the coefficients of one tensor summed) and none that is zero."""
     terms = []
     if u.d != 0:
         for k, v in d:
@@ -274,6 +305,13 @@ def _terms(u: Update, x, d, d_prev, z, x_pred=None, d_pred=None) -> list:
     if u.d_pred != 0:
         for k, v in d_pred:
             _add_term(terms, u.d_pred * k, v)
+    if u.d_older:
+        for c, older in zip(u.d_older, past[0][: len(u.d_older)], strict=True):
+            for k, v in older:
+                _add_term(terms, c * k, v)
+    if u.x_older:
+        for c, v in zip(u.x_older, past[1][: len(u.x_older)], strict=True):
+            _add_term(terms, c, v)
     return [term for term in terms if term[0] != 0]
 
 
@@ -694,6 +732,239 @@ def _phi_2_3(u: float) -> tuple[float, float]:
         )
     phi_2 = math.expm1(u) / u - 1
     return phi_2, phi_2 / u - 0.5
+
+
+# ------------------------------------------------------- higher-order multistep solvers
+
+
+def _phi(k: int, z: float) -> float:
+    """phi_k(z) = sum_{n >= 0} z^n / (n + k)!, the weights of exponential integrators
+    (phi_1(z) = expm1(z) / z, phi_{k+1}(z) = (phi_k(z) - 1 / k!) / z; phi_k(0) = 1 / k!).
+    Summed as the series where |z| < 1, where the recurrence would cancel (30 terms leave
+    less than 1e-30 relative), and by the recurrence elsewhere."""
+    if abs(z) < 1:
+        term, total = 1 / math.factorial(k), 0.0
+        for n in range(30):
+            total += term
+            term *= z / (n + k + 1)
+        return total
+    value = math.expm1(z) / z
+    for j in range(1, k):
+        value = (value - 1 / math.factorial(j)) / z
+    return value
+
+
+def _interpolation_weights(nodes: list[float], moments: list[float]) -> list[float]:
+    """The weights w_j with sum_j w_j v_j^k = moments[k] for k < len(nodes): integrating the
+    polynomial through the values at the ``nodes`` v_j against a weight whose moments are
+    given (exact for every polynomial of degree < len(nodes))."""
+    q = len(nodes)
+    matrix = torch.tensor([[v**k for v in nodes] for k in range(q)], dtype=F64)
+    return torch.linalg.solve(matrix, torch.tensor(moments, dtype=F64)).tolist()
+
+
+def _multistep_order(i: int, order: int, finite_from: int, steps: int, clean_end: bool) -> int:
+    """The order of step i: warm-up from the first point of finite SNR (``finite_from``),
+    first order on the last step onto std = 0 and at most (steps - i) before it (Lu et al.
+    2022b, "lower order final"; Zhao et al. 2023)."""
+    q = min(order, i - finite_from + 1)
+    return max(1, min(q, steps - i) if clean_end else q)
+
+
+def dpm_solver_pp_3m_steps(grid: TimeGrid) -> list[Step]:
+    """Step i of order q (3, lower while warming up and on the last two steps of a grid that
+    ends at std = 0): x_{i+1} = (std_{i+1} / std_i) x_i + scale_{i+1} sum_j w_j m_{i-j},
+    j < q, with the weights that integrate the polynomial through (lambda_{i-j}, m_{i-j})
+    exactly against e^{-(lambda_{i+1} - lambda)} (derivation in :func:`dpm_solver_pp_3m`)."""
+    _check_grid(grid)
+    return _exponential_multistep_steps(grid, 3)
+
+
+def _exponential_multistep_steps(grid: TimeGrid, order: int) -> list[Step]:
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), _half_log_snr(grid)
+    K, finite_from = grid.steps, 1 if a[0] == 0 else 0
+    steps = []
+    for i in range(K):
+        h = lam[i + 1] - lam[i]
+        q = _multistep_order(i, order, finite_from, K, s[-1] == 0)
+        if q == 1 or not math.isfinite(h):
+            w = [-math.expm1(-h)]  # DDIM's step, finite from zero SNR and onto std = 0
+        else:
+            nodes = [(lam[i - j] - lam[i]) / h for j in range(q)]
+            # moments of u / h under e^{-(h - u)} du on [0, h]: h k! phi_{k+1}(-h)
+            moments = [h * math.factorial(k) * _phi(k + 1, -h) for k in range(q)]
+            w = _interpolation_weights(nodes, moments)
+        c = [a[i + 1] * wj for wj in w]
+        update = Update(
+            x=s[i + 1] / s[i],
+            d=c[0],
+            d_prev=c[1] if q > 1 else 0.0,
+            d_older=tuple(c[2:]),
+        )
+        steps.append(Step(update))
+    return steps
+
+
+@step_rule(dpm_solver_pp_3m_steps)
+def dpm_solver_pp_3m(model, x, grid, generator=None, callback=None):
+    """DPM-Solver++(3M) (Lu et al. 2022b, Sec. 4 and App. B), third order with three model
+    outputs and one evaluation per step.
+
+    The probability-flow ODE in lambda / 2 = log(scale / std) has the exact step
+    (Lu et al. 2022b, Eq. 9)
+
+        x_{i+1} = (std_{i+1} / std_i) x_i
+                  + scale_{i+1} int_{lambda_i}^{lambda_{i+1}} e^{-(lambda_{i+1} - lambda)}
+                    x0_hat(lambda) d lambda.
+
+    The multistep solver of order q replaces x0_hat(lambda) by the polynomial of degree q - 1
+    through the last q outputs m_i, m_{i-1}, ... and integrates it exactly; the moments of the
+    weight are h^{k+1} k! phi_{k+1}(-h) (:func:`_phi`). So the step is exact whenever x0_hat
+    is a polynomial of degree < q in lambda, its local error is O(h^{q+1}), and the method is
+    of order q. (The quadratic term of the published code carries half this weight; here it
+    is integrated exactly.) Warm-up: orders 1 and 2 on the first two steps (after zero SNR,
+    from the first finite point); on a grid that ends at std = 0, order 2 on the step before
+    the last and the first-order last step (x0_hat) of the library's final-step policy.
+    Order 2 integrates the line through m_i and m_{i-1}, which differs from
+    :func:`dpm_solver_pp_2m`'s midpoint rule by O(h^3). Step rule:
+    :func:`dpm_solver_pp_3m_steps`.
+    """
+    return run_steps(dpm_solver_pp_3m_steps(grid), model, x, grid, generator, callback)
+
+
+UNIPC_VARIANTS = ("bh1", "bh2")
+
+
+def unipc_3_steps(grid: TimeGrid, variant: str = "bh2", order: int = 3) -> list[Step]:
+    """UniP of order q then UniC (Zhao et al. 2023, Alg. 2 and 3): with r_k = (lambda_{i-k}
+    - lambda_i) / h, D_k = (m_{i-k} - m_i) / r_k, B(h) = h ("bh1") or expm1(h) ("bh2"), the
+    predictor x_pred = (std_{i+1} / std_i) x_i - scale_{i+1} [expm1(-h) m_i + B(-h) sum_k
+    rho^p_k D_k] and the corrector, with the new output m_{i+1} as the node r = 1, x_{i+1} =
+    the same with sum_k rho^c_k D_k + rho^c_q (m_{i+1} - m_i). The rho solve R rho = b, R_kj =
+    r_j^(k-1), b_k = k! (-h) phi_{k+1}(-h) / B(-h) (R and b without their last row and column
+    for the predictor; rho^p = 1/2 at q = 2 and rho^c = 1/2 at q = 1, their choices)."""
+    _check_grid(grid)
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
+    order = check_positive_int("order", order, minimum=1, maximum=3)
+    s, a, lam = grid.std.tolist(), grid.scale.tolist(), _half_log_snr(grid)
+    K, finite_from = grid.steps, 1 if a[0] == 0 else 0
+    steps = []
+    for i in range(K):
+        h = lam[i + 1] - lam[i]
+        q = _multistep_order(i, order, finite_from, K, s[-1] == 0)
+        c_d = -a[i + 1] * math.expm1(-h)  # the first-order coefficient of m_i
+        if q == 1 and (s[i + 1] == 0 or not math.isfinite(h)):
+            steps.append(Step(Update(x=s[i + 1] / s[i], d=c_d)))  # no corrector
+            continue
+        hh = -h
+        b_h = hh if variant == "bh1" else math.expm1(hh)
+        r = [(lam[i - k] - lam[i]) / h for k in range(1, q)] + [1.0]
+        b = [math.factorial(k) * hh * _phi(k + 1, hh) / b_h for k in range(1, q + 1)]
+        matrix = [[rj ** (k - 1) for rj in r] for k in range(1, q + 1)]
+        if q == 1:
+            rho_p, rho_c = [], [0.5]
+        else:
+            rho_p = [0.5] if q == 2 else _solve([row[:-1] for row in matrix[:-1]], b[:-1])
+            rho_c = _solve(matrix, b)
+        scale_b = -a[i + 1] * b_h  # coefficient of sum rho_k D_k
+
+        c_x = s[i + 1] / s[i]
+        predictor = _unipc_update(c_x, c_d, scale_b, r, rho_p, 0.0)
+        corrector = _unipc_update(c_x, c_d, scale_b, r, rho_c[:-1], rho_c[-1])
+        steps.append(Step(predictor, corrector, reuse=True))
+    return steps
+
+
+def _unipc_update(c_x, c_d, scale_b, r, rho, new) -> Update:
+    """x_{i+1} = c_x x_i + c_d m_i + scale_b [sum_k rho_k (m_{i-k} - m_i) / r_k
+    + new (m_{i+1} - m_i)] as an :class:`Update`."""
+    older = [scale_b * rho[k] / r[k] for k in range(len(rho))]
+    return Update(
+        x=c_x,
+        d=c_d - sum(older) - scale_b * new,
+        d_prev=older[0] if older else 0.0,
+        d_older=tuple(older[1:]),
+        d_pred=scale_b * new,
+    )
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    return torch.linalg.solve(
+        torch.tensor(matrix, dtype=F64), torch.tensor(rhs, dtype=F64)
+    ).tolist()
+
+
+@step_rule(unipc_3_steps)
+def unipc_3(model, x, grid, generator=None, callback=None, variant="bh2", order=3):
+    """UniPC of order 3 (Zhao et al. 2023): the predictor UniP-3, a multistep method on the
+    data prediction that uses m_i, m_{i-1}, m_{i-2}, and the corrector UniC, which refines
+    the predicted point with the model output made there (the next step reuses that output,
+    so no evaluation is added) and raises the order by one (their Theorem 3.3). ``variant``
+    chooses B(h): "bh2" (expm1(h), their recommendation for few steps with guidance-free
+    models) or "bh1" (h). ``order`` (1..3) caps the predictor's order; at 2 this is
+    :func:`unipc`'s step, up to rounding. Warm-up and final steps as in
+    :func:`dpm_solver_pp_3m`; the last step onto std = 0 is x0_hat, without corrector.
+    Coefficients in :func:`unipc_3_steps`. Step rule: :func:`unipc_3_steps`.
+    """
+    steps = unipc_3_steps(grid, variant, order)
+    return run_steps(steps, model, x, grid, generator, callback)
+
+
+def ipndm_steps(grid: TimeGrid, order: int = 4) -> list[Step]:
+    """Adams-Bashforth of order q (4, lower while warming up) on dy/dsigma = eps_hat in
+    y = x / scale: y_{i+1} = y_i + sum_j W_j eps_hat_{i-j} with eps_hat_j = (y_j - m_j) /
+    sigma_j and W_j the integrals over [sigma_i, sigma_{i+1}] of the Lagrange polynomials
+    through sigma_{i-j}, written in x (coefficients of x_{i-j} and m_{i-j})."""
+    _check_grid(grid)
+    order = check_positive_int("order", order, minimum=1, maximum=4)
+    a, s, sigma = grid.scale.tolist(), grid.std.tolist(), [p.sigma for p in grid.points]
+    K, finite_from = grid.steps, 1 if a[0] == 0 else 0
+    steps = []
+    for i in range(K):
+        q = max(1, min(order, i - finite_from + 1))
+        if q == 1 or sigma[i + 1] == 0:
+            steps.append(euler_steps(grid[i : i + 2])[0])
+            continue
+        delta = sigma[i + 1] - sigma[i]
+        nodes = [(sigma[i - j] - sigma[i]) / delta for j in range(q)]
+        w = [delta * wj for wj in _interpolation_weights(nodes, [1 / (k + 1) for k in range(q)])]
+        # eps_hat_j = x_j / std_j - m_j / sigma_j; x_{i+1} = scale_{i+1} y_{i+1}
+        c_x = [a[i + 1] * w[j] / s[i - j] for j in range(q)]
+        c_d = [-a[i + 1] * w[j] / sigma[i - j] for j in range(q)]
+        update = Update(
+            x=a[i + 1] / a[i] + c_x[0],
+            d=c_d[0],
+            d_prev=c_d[1],
+            d_older=tuple(c_d[2:]),
+            x_older=tuple(c_x[1:]),
+        )
+        steps.append(Step(update))
+    return steps
+
+
+@step_rule(ipndm_steps)
+def ipndm(model, x, grid, generator=None, callback=None, order=4):
+    """iPNDM (Zhang & Chen 2023, "improved PNDM"): the linear multistep method of
+    Adams-Bashforth on the probability-flow ODE in the noise level, dy/dsigma = eps_hat(y,
+    sigma) = (y - x0_hat) / sigma with y = x / scale, of order 4 with lower-order warm-up
+    (Euler, then orders 2 and 3 with the outputs at hand). One evaluation per step.
+
+    Zhang and Chen give the fixed coefficients of uniform steps, (55, -59, 37, -9) / 24 at
+    order 4; here they are those of the grid's own steps (the integral of the polynomial
+    through the last q slopes, exact for every slope that is a polynomial of degree < q in
+    sigma), which are theirs on a grid uniform in sigma and keep the order on any other.
+    ``order`` (1..4) caps it. The last step onto sigma = 0 is Euler's (x0_hat). Step rule:
+    :func:`ipndm_steps`.
+    """
+    return run_steps(ipndm_steps(grid, order), model, x, grid, generator, callback)
+
+
+HIGH_ORDER_SAMPLERS: dict[str, Callable] = {
+    "dpm_solver_pp_3m": dpm_solver_pp_3m,
+    "unipc_3": unipc_3,
+    "ipndm": ipndm,
+}
 
 
 SAMPLERS: dict[str, Callable] = {
