@@ -32,7 +32,7 @@ strict-build: setup
 
 # The whole book as one PDF, _build/latex/diffusion-models-executable.pdf: the outputs stored in
 # the notebooks (execution off, as in the strict build), typeset by XeLaTeX (Debian:
-# texlive-xetex texlive-lang-cjk texlive-fonts-recommended fonts-lmodern fonts-noto-cjk latexmk,
+# texlive-xetex texlive-lang-cjk texlive-fonts-recommended fonts-cmu fonts-noto-cjk latexmk,
 # as .ci/run installs). An HTML build made after it serves it and links it from every page's
 # download menu.
 pdf: setup

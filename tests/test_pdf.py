@@ -6,7 +6,8 @@ that poppler's ``pdftotext`` extracts must hold
 
 - every chapter of _toc.yml in the table of contents, numbered 1, 2, ... in reading order, as
   the HTML edition numbers them (so that "Chapter 2" in the prose is the same chapter);
-- the Chinese terms of the glossary (typeset with xeCJK, not dropped or boxed);
+- the Chinese terms of the glossary (typeset with xeCJK, not dropped or boxed), and no
+  character that XeLaTeX left out for want of a glyph (its log says so);
 - numbered equations and figures, and no reference LaTeX could not resolve ("??");
 
 and the PDF must have at least as many pages as its table of contents promises. Without
@@ -116,6 +117,14 @@ def test_every_chapter_title_is_a_heading_in_the_text(pdf_text):
 def test_chinese_terms_are_typeset(pdf_text):
     for term in CHINESE_TERMS:
         assert term in pdf_text, f"{term} is not in the PDF's text"
+
+
+@needs_pdf
+def test_every_character_had_a_glyph(pdf_text):
+    # XeLaTeX drops a character its fonts lack, saying so only in its log.
+    log = PDF.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
+    missing = sorted(set(re.findall(r"Missing character: There is no (.+?) in font", log)))
+    assert not missing, f"characters left out of the PDF for want of a glyph: {missing}"
 
 
 @needs_pdf
