@@ -8,7 +8,8 @@ that poppler's ``pdftotext`` extracts must hold
   the HTML edition numbers them (so that "Chapter 2" in the prose is the same chapter);
 - the Chinese terms of the glossary (typeset with xeCJK, not dropped or boxed), and no
   character that XeLaTeX left out for want of a glyph (its log says so);
-- numbered equations and figures, and no reference LaTeX could not resolve ("??");
+- numbered equations and figures, no reference LaTeX could not resolve ("??"), and no
+  output shown as IPython's placeholder text;
 
 and the PDF must have at least as many pages as its table of contents promises. Without
 XeLaTeX no PDF is built and these tests are skipped, saying why. The last tests check how an
@@ -125,6 +126,12 @@ def test_every_character_had_a_glyph(pdf_text):
     log = PDF.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
     missing = sorted(set(re.findall(r"Missing character: There is no (.+?) in font", log)))
     assert not missing, f"characters left out of the PDF for want of a glyph: {missing}"
+
+
+@needs_pdf
+def test_no_output_is_shown_as_a_python_placeholder(pdf_text):
+    # An output that only HTML can show (an animation) must not print as IPython's placeholder.
+    assert not re.findall(r"<IPython\.[\w.]+ object>", pdf_text)
 
 
 @needs_pdf

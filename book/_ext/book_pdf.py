@@ -6,18 +6,26 @@ starts, the build copies it to ``_static/<name>.pdf`` and adds "Whole book (PDF)
 download menu of every page (beside the theme's print-this-page ".pdf"). When it does not
 exist, the menu has no such entry, so no build ever links a PDF it does not serve:
 ``make book`` and the strict build of ``make test`` behave alike, and publish the PDF exactly
-when it was made before them (as the publishing workflow does)."""
+when it was made before them (as the publishing workflow does).
+
+In the PDF itself, an output that only HTML can show (an animation, stored as ``text/html``
+with IPython's placeholder ``<IPython.core.display.HTML object>`` as its plain text) is
+replaced by a sentence that sends the reader to the HTML edition, instead of printing the
+placeholder."""
 
 from __future__ import annotations
 
 import pathlib
 import shutil
 
+from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 BUTTON_LABEL = "download-book-pdf-button"
+HTML_ONLY = "<IPython.core.display.HTML object>"
 
 
 def built_pdf(app: Sphinx) -> pathlib.Path | None:
@@ -63,7 +71,24 @@ def copy_pdf(app: Sphinx, exception: Exception | None) -> None:
         shutil.copyfile(source, target)
 
 
+class ExplainHtmlOnlyOutputs(SphinxPostTransform):
+    """In LaTeX, replace the plain-text placeholder of an HTML-only output by a sentence."""
+
+    default_priority = 400
+    builders = ("latex",)
+
+    def run(self, **kwargs) -> None:
+        for block in list(self.document.findall(nodes.literal_block)):
+            if block.astext().strip() == HTML_ONLY:
+                note = nodes.paragraph()
+                note += nodes.emphasis(
+                    text="An animation plays here in the HTML edition of the book."
+                )
+                block.replace_self(note)
+
+
 def setup(app: Sphinx) -> dict:
+    app.add_post_transform(ExplainHtmlOnlyOutputs)
     app.connect("builder-inited", note_pdf)
     app.connect("html-page-context", add_download_entry, priority=502)
     app.connect("build-finished", copy_pdf)
