@@ -259,9 +259,7 @@ CASES = {
     ),
     "grids.fit_grid": (
         grids.fit_grid,
-        lambda: dict(
-            model=EXACT, process=LIN, steps=3, pilot=4, max_trials=5, reference_steps=20
-        ),
+        lambda: dict(model=EXACT, process=LIN, steps=3, pilot=4, max_trials=5, reference_steps=20),
     ),
     "grids.fixed_grids": (grids.fixed_grids, lambda: dict(process=LIN, steps=4)),
     "samplers.ddim(eta)": (

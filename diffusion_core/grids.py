@@ -176,7 +176,10 @@ def fit_grid(
     top = min(high, SCAN_TOP)
     for end in torch.logspace(math.log10(low), math.log10(top), SCAN, dtype=F64).tolist()[1:]:
         levels = torch.logspace(math.log10(high), math.log10(end), steps, dtype=F64)
-        grid = grid_from_sigmas(process, levels)
+        try:
+            grid = grid_from_sigmas(process, levels)
+        except ValueError:  # an end level at sigma_max, or levels that round together
+            continue
         candidates.append((error(grid), grid))
     best_error, best = min(candidates, key=lambda c: c[0])
     sigma = best.sigma[:-1].clamp(low, high)
