@@ -62,6 +62,12 @@ from diffusion_core._validation import (
     check_torch_generator,
     per_sample,
 )
+from diffusion_core.discrete import (
+    MASK_SCHEDULES,
+    autoregressive_nll,
+    masked_cross_entropy,
+    masked_draw,
+)
 from diffusion_core.flow import ot_couple, path_coefficients
 from diffusion_core.forward import q_sample
 from diffusion_core.parameterization import PREDICTIONS
@@ -73,7 +79,9 @@ __all__ = [
     "TIME_SAMPLERS",
     "WEIGHTINGS",
     "DiffusionLoss",
+    "AutoregressiveLoss",
     "FlowMatchingLoss",
+    "MaskedDiffusionLoss",
     "Objective",
     "diffusion_loss",
     "flow_matching_eps_weight",
@@ -513,3 +521,61 @@ class FlowMatchingLoss(Objective):
                 noise = ot_couple(x0, noise)
         x0, t, noise = distributed.shard(x0, t, noise)
         return flow_matching_loss(net, x0, noise, t, self.process, self.time_scale)
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+def _token_batch(batch: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The token ids of a minibatch: :func:`diffusion_core.train.train` takes float data, so
+    token sequences travel as floats holding whole numbers 0..V-1 and come back as int64."""
+    check_float("batch", batch)
+    if batch.ndim != 2:
+        raise ValueError(f"batch must hold token sequences (n, L), got {tuple(batch.shape)}")
+    ids = batch.round()
+    if bool((ids != batch).any()) or bool(((ids < 0) | (ids >= vocab_size)).any()):
+        raise ValueError(f"batch must hold whole token ids 0..{vocab_size - 1} (as floats)")
+    return ids.long()
+
+
+@dataclass(frozen=True)
+class MaskedDiffusionLoss(Objective):
+    """The masked diffusion ELBO (Sahoo et al. 2024; Shi et al. 2024) as a training objective.
+
+    loss_i = w(t_i) sum over the masked positions of -log p(x_0^i | x_t) / L: the one-sample
+    negative ELBO of :func:`diffusion_core.discrete.masked_nelbo` in nats per token, t_i and
+    the masks drawn for the global batch (:func:`diffusion_core.discrete.masked_draw`), then
+    this process's shard. The net is a denoiser ``net(x_t, t) -> logits (n, L, V)``; the data
+    are token ids 0..V-1 stored as floats (``tokens.float()``), the mask id is V.
+    """
+
+    vocab_size: int
+    schedule: str = "linear"
+
+    def __post_init__(self):
+        check_positive_int("vocab_size", self.vocab_size, maximum=65_536)
+        if self.schedule not in MASK_SCHEDULES:
+            raise ValueError(f"schedule must be one of {MASK_SCHEDULES}, got {self.schedule!r}")
+
+    def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
+        x0 = _token_batch(batch, self.vocab_size)
+        t, xt = masked_draw(x0.cpu(), self.vocab_size, generator, self.schedule)
+        x0, t, xt = distributed.shard(x0, t.to(x0.device), xt.to(x0.device))
+        nelbo = masked_cross_entropy(net, x0, xt, t, self.vocab_size, self.schedule)
+        return nelbo / x0.shape[1]
+
+
+@dataclass(frozen=True)
+class AutoregressiveLoss(Objective):
+    """-log p(x_0) / L of a causal :class:`diffusion_core.discrete.TokenTransformer`: the exact
+    negative log-likelihood in nats per token (teacher forcing); data as for
+    :class:`MaskedDiffusionLoss`. No randomness is drawn."""
+
+    vocab_size: int
+
+    def __post_init__(self):
+        check_positive_int("vocab_size", self.vocab_size, maximum=65_536)
+
+    def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
+        (x0,) = distributed.shard(_token_batch(batch, self.vocab_size))
+        return autoregressive_nll(net, x0) / x0.shape[1]

@@ -239,7 +239,9 @@ class _EncoderLayer(nn.Module):
 
     Multi-head self-attention (Vaswani et al. 2017, Sec. 3.2) in which padded positions are
     never attended to (they are masked out of the keys), then a GELU MLP of width 4 d. The
-    layer norms come first, as in CLIP's text transformer and GPT-2.
+    layer norms come first, as in CLIP's text transformer and GPT-2. With ``causal=True``
+    position i also never attends to a later position (GPT-2's mask), as an autoregressive
+    model over tokens needs (:class:`diffusion_core.discrete.TokenTransformer`).
     """
 
     def __init__(self, dim: int, heads: int):
@@ -251,14 +253,17 @@ class _EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
         n, length, dim = h.shape
         q, k, v = (
             self.qkv(self.norm1(h))
             .reshape(n, length, 3, self.heads, dim // self.heads)
             .permute(2, 0, 3, 1, 4)
         )
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        keys = mask[:, None, None, :]
+        if causal:
+            keys = keys & torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
         h = h + self.out(attended.transpose(1, 2).reshape(n, length, dim))
         return h + self.mlp(self.norm2(h))
 
