@@ -5,7 +5,9 @@ cores, memory, Python and library versions), so the page never states a machine 
 built on. MyST-NB's ``{nb-exec-table}`` lists each notebook's run time; a build that renders
 the outputs stored in the notebooks (``execute_notebooks: off``, the strict build of
 ``make test``) executes nothing and has no times to list, and then the table is replaced by a
-sentence that says so instead of being shown empty.
+sentence that says so instead of being shown empty. Its status column says "succeeded" or
+"failed" in words, marked by a check or a cross that ``execution-status.css`` draws, instead of
+the emoji MyST-NB writes (which a browser without an emoji font shows as an empty box).
 """
 
 from __future__ import annotations
@@ -138,7 +140,26 @@ class ExplainMissingRunTimes(SphinxPostTransform):
         return nodes.note("", paragraph)
 
 
+class StatusInWords(SphinxPostTransform):
+    """Write MyST-NB's status emoji of the run-time table as words, marked by CSS."""
+
+    default_priority = 9  # after MyST-NB fills the table (8)
+    STATUS = {"\u2705": "succeeded", "\u274c": "failed"}
+
+    def run(self, **kwargs) -> None:
+        for table in self.document.findall(nodes.table):
+            for text in list(table.findall(nodes.Text)):
+                status = self.STATUS.get(text.astext().strip())
+                if status is not None:
+                    text.parent.replace(
+                        text,
+                        nodes.inline(text=status, classes=["exec-status", f"exec-{status}"]),
+                    )
+
+
 def setup(app: Sphinx) -> dict:
     app.add_directive("build-machine", BuildMachine)
     app.add_post_transform(ExplainMissingRunTimes)
+    app.add_post_transform(StatusInWords)
+    app.add_css_file("execution-status.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
