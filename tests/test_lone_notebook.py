@@ -5,13 +5,16 @@ it, no ``diffusion_core`` on the path. Each chapter therefore starts with a set-
 pip-installs the library, trained weights included, from the book's repository when it is
 missing, and loads its weights through ``diffusion_core.checkpoints.packaged``.
 
-Each chapter that loads a checkpoint is copied alone into an empty directory and run there, from
-its first cell up to and including the cell that loads the checkpoint: this proves that nothing
-it needs lies next to it in the repository. Here the library is installed, so the set-up cell
-does nothing. Its install branch, in every chapter, is then run with ``find_spec`` answering
-"not installed" and ``subprocess.run`` replaced by a recorder, to check the pip command it would
-run: the library with its ``book`` extra from ``repository.url`` of _config.yml; and with the
-library installed, to check that it runs no pip at all.
+The chapters on digits, guidance and latent diffusion (04 to 06) are each copied alone into an
+empty directory and run there, from their first cell up to and including the cell that loads
+the checkpoint: this proves that nothing they need lies next to them in the repository. Here
+the library is installed, so the set-up cell does nothing. Every checkpoint that any chapter
+names is also loaded, and verified, by a process started in an empty directory (a cheap check
+for chapters whose checkpoint comes late, where running up to it would cost the whole chapter).
+The set-up cell's install branch, in every chapter, is run with ``find_spec`` answering "not
+installed" and ``subprocess.run`` replaced by a recorder, to check the pip command it would run:
+the library with its ``book`` extra from ``repository.url`` of _config.yml; and with the library
+installed, to check that it runs no pip at all.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from packaging.requirements import Requirement
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOADS_CHECKPOINT = re.compile(r"\bpackaged\(")
+CHECKPOINT_NAME = re.compile(r"\bpackaged\(\s*[\"']([^\"']+)[\"']\s*\)")
+RUN_ALONE = ("04", "05", "06")  # chapters run up to their checkpoint, by number
 SETUP_LINE = re.compile(r'^REPOSITORY = "([^"]*)"$', re.M)
 
 
@@ -58,11 +63,13 @@ def configured_repository() -> str:
 def test_the_chapters_that_load_checkpoints_are_found():
     # The chapters on digits and latent diffusion load trained weights; if the way they load
     # them changes, the tests below must not quietly run on nothing.
-    assert {name[:2] for name in chapters_with_checkpoints()} >= {"04", "05", "06"}
+    assert {name[:2] for name in chapters_with_checkpoints()} >= set(RUN_ALONE)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", chapters_with_checkpoints())
+@pytest.mark.parametrize(
+    "name", [name for name in chapters_with_checkpoints() if name.startswith(RUN_ALONE)]
+)
 def test_chapter_runs_alone_up_to_its_checkpoint(name, tmp_path):
     lone = tmp_path / name
     shutil.copy(ROOT / "notebooks" / name, lone)
@@ -88,6 +95,38 @@ def test_chapter_runs_alone_up_to_its_checkpoint(name, tmp_path):
     assert not [output for output in setup.outputs if output.get("name") == "stderr"], (
         "the set-up cell printed to stderr where the library is installed"
     )
+
+
+def test_every_checkpoint_a_chapter_names_loads_from_an_empty_directory(tmp_path):
+    names = sorted(
+        {
+            match
+            for name in chapters_with_checkpoints()
+            for cell in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells
+            if cell.cell_type == "code"
+            for match in CHECKPOINT_NAME.findall(cell.source)
+        }
+    )
+    assert names, "no chapter names a packaged checkpoint"
+    load_each = (
+        "import sys, safetensors\n"
+        "from diffusion_core import checkpoints\n"
+        "for name in sys.argv[1:]:\n"
+        "    path = checkpoints.packaged(name)\n"
+        "    with safetensors.safe_open(path, 'pt') as file:\n"
+        "        kind = file.metadata()['kind']\n"
+        "    checkpoints.load(path, kind)  # verifies the recorded SHA-256\n"
+        "    print(name, kind)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", load_each, *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split()[0] for line in result.stdout.splitlines()] == names
 
 
 @pytest.mark.parametrize("name", [path.name for path in sorted(ROOT.glob("notebooks/*.ipynb"))])
