@@ -1,4 +1,4 @@
-"""The book's own Sphinx extensions (book/_ext): author-year citations and Chinese-language marks.
+"""The book's own Sphinx extensions (book/_ext): citations, Chinese-language marks, unique ids.
 
 These run without building the book: the citation styles are applied to book/references.bib
 with pybtex directly, and the HTML pass to small pages written here.
@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "book" / "_ext"))
 
 import author_year  # noqa: E402
 import chinese_lang  # noqa: E402
+import proof_ids  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,29 @@ def test_chinese_runs_are_marked_outside_tags_and_scripts():
     assert "<!-- 注释 -->" in marked
     assert chinese_lang.mark_chinese(marked) == marked  # a second pass changes nothing
     assert chinese_lang.mark_chinese("<p>no Chinese</p>") == "<p>no Chinese</p>"
+
+
+def test_repeated_proof_and_exercise_ids_are_numbered():
+    from docutils import nodes
+    from docutils.frontend import get_default_settings
+    from docutils.parsers.rst import Parser
+    from docutils.utils import new_document
+
+    document = new_document("page", get_default_settings(Parser))
+    boxes = []
+    for ids in (["proof"], ["proof-content"], ["proof"], ["exercise-content"], ["proof"]):
+        box = nodes.container(ids=list(ids))
+        document += box
+        boxes.append(box)
+    for box in boxes:
+        document.ids[box["ids"][0]] = box
+    proof_ids.NumberProofIds(document).apply()
+    assert [box["ids"] for box in boxes] == [
+        ["proof"],
+        ["proof-content"],
+        ["proof-2"],
+        ["exercise-content"],
+        ["proof-3"],
+    ]
+    assert [("prf-proof" in box["classes"]) for box in boxes] == [True, False, True, False, True]
+    assert document.ids["proof-3"] is boxes[4]
