@@ -1,7 +1,8 @@
 """The built book, as a reader's browser shows it.
 
-Opens every page of the table of contents from ``_build/html`` in headless Chromium, served by
-a web server on localhost (as the book is hosted, and free of file:// quirks), and checks that
+Opens every page of the table of contents from ``_build/html`` (or the folder named by the
+environment variable ``BOOK_HTML_DIR``) in headless Chromium, served by a web server on
+localhost (as the book is hosted, and free of file:// quirks), and checks that
 
 - the mathematics is typeset: MathJax ran on every page whose source has math, every math
   element holds its rendering, no TeX error is shown, and no raw ``$$``, ``\\(`` or ``\\[`` is
@@ -10,8 +11,17 @@ a web server on localhost (as the book is hosted, and free of file:// quirks), a
 - every internal link leads to a page that exists and every ``#anchor`` to an id in it;
 - the page logs no JavaScript error and asks nothing of any host but localhost: the book must
   work offline, so requests elsewhere are blocked and reported;
+- the page weighs at most its budget (the bodies of every response it loads, the HTML, scripts,
+  styles, fonts and images, added up; written to ``page_weights.json`` beside the HTML folder);
+- at a phone's 390 CSS pixels nothing widens the page beyond the screen (a wide table or
+  equation may scroll inside its own box);
+- every figure has a caption and an alt text that describes it (not a file name);
+- no raw TeX and no equation label name such as ``(ode-gain)`` reaches the text;
+- no character that needs an emoji or symbol font the reader may lack (media-control symbols,
+  emoji, check marks) is shown: such glyphs are drawn with SVG or CSS instead;
 
-and saves a full-page screenshot of each page under ``_build/screenshots/`` to look at.
+and saves full-page screenshots of each page at 1366 and 390 CSS pixels under
+``_build/screenshots/1366/`` and ``_build/screenshots/390/`` (beside the HTML folder).
 Chapters are also checked in dark mode (figures keep a light card), for their launch and
 download buttons, and for a link to the notation page.
 
@@ -41,8 +51,9 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HTML_DIR = ROOT / "_build" / "html"
-SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
+HTML_DIR = pathlib.Path(os.environ.get("BOOK_HTML_DIR") or ROOT / "_build" / "html").resolve()
+SCREENSHOT_DIR = HTML_DIR.parent / "screenshots"
+WEIGHT_REPORT = HTML_DIR.parent / "page_weights.json"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -53,7 +64,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-VIEWPORT = {"width": 1280, "height": 900}
+VIEWPORT = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
 PAGE_TIMEOUT_MS = 30_000
 ON_CI = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
 
@@ -252,6 +264,8 @@ def open_page(browser, url: str, problems: list[str], color_scheme: str = "light
     context = browser.new_context(viewport=VIEWPORT, color_scheme=color_scheme)
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
+    # Room for every resource of a page in the Performance API (the default keeps 250).
+    page.add_init_script("performance.setResourceTimingBufferSize(100000)")
 
     def block_remote(route):
         if is_local(route.request.url):
@@ -314,32 +328,294 @@ def screenshot(page, name: str, attempts: int = 3) -> None:
             page.wait_for_timeout(1000)
 
 
+# --- what a page weighs, what a phone shows, what a reader reads --------------------------
+
+WEIGHT_REPORT_JS = """async () => {
+  await document.fonts.ready;
+  const entries = [
+    ...performance.getEntriesByType('navigation'),
+    ...performance.getEntriesByType('resource'),
+  ];
+  return entries.map((e) => ({url: e.name, bytes: e.decodedBodySize}));
+}"""
+
+OVERFLOW_REPORT = """() => {
+  const overflow = document.scrollingElement.scrollWidth - window.innerWidth;
+  if (overflow <= 0) return {overflow, culprits: []};
+  // The widest elements that stick out and do not scroll inside a box of their own.
+  const scrolls = (el) => ['auto', 'scroll', 'hidden', 'clip']
+    .includes(getComputedStyle(el).overflowX);
+  const culprits = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.getBoundingClientRect().right <= window.innerWidth + 1) continue;
+    let boxed = false;
+    for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+      if (scrolls(up)) { boxed = true; break; }
+    }
+    if (boxed) continue;
+    const name = el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+      + (el.className && typeof el.className === 'string'
+         ? '.' + el.className.trim().split(/\\s+/).join('.') : '');
+    culprits.push(`${name} (right edge at ${Math.round(el.getBoundingClientRect().right)} px)`);
+  }
+  return {overflow, culprits: culprits.slice(-5)};
+}"""
+
+FIGURE_REPORT = """() => {
+  const article = document.querySelector('article') || document.body;
+  return [...article.querySelectorAll('img')].map((img) => {
+    const figure = img.closest('figure');
+    const caption = figure && figure.querySelector('figcaption');
+    return {
+      src: (img.getAttribute('src') || '').slice(0, 80),
+      alt: img.getAttribute('alt'),
+      caption: caption ? caption.textContent.trim() : '',
+      animation: img.closest('.book-animation') !== null,
+    };
+  });
+}"""
+
+# All of the text a reader can reach (folded solutions included), without code and typeset
+# math, and the alt texts of images, which screen readers read aloud.
+TEXT_REPORT = """(skip) => {
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const prose = [];
+  const all = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const parent = node.parentElement;
+    if (parent.closest('SCRIPT, STYLE, NOSCRIPT, TEMPLATE')) continue;
+    all.push(node.textContent);
+    if (!parent.closest(skip)) prose.push(node.textContent);
+  }
+  const alts = [...document.images].map((img) => img.getAttribute('alt') || '');
+  return {prose: prose.concat(alts), all: all.concat(alts)};
+}"""
+
+# The theme's buttons show their icons: each has a character of the icon font, and every icon
+# font the page uses has loaded (the book ships subsets of them that hold only those icons).
+ICON_REPORT = """async () => {
+  await document.fonts.ready;
+  const icons = [...document.querySelectorAll('i[class*="fa-"], span[class*="fa-"]')]
+    .filter((el) => el.checkVisibility())
+    .map((el) => ({
+      icon: el.className.replace(/\\s+/g, ' ').trim(),
+      width: el.getBoundingClientRect().width,
+      content: getComputedStyle(el, '::before').content,
+    }));
+  const fonts = [...document.fonts]
+    .filter((font) => /Awesome/.test(font.family) && font.status !== 'unloaded')
+    .map((font) => ({family: font.family, weight: font.weight, status: font.status}));
+  return {icons, fonts};
+}"""
+
+# Each animation shows its first frame and steps through the others with its buttons.
+ANIMATION_REPORT = """async () => {
+  const problems = [];
+  for (const player of document.querySelectorAll('.book-animation')) {
+    const img = player.querySelector('img');
+    const first = img.src;
+    const buttons = [...player.querySelectorAll('button')];
+    if (buttons.length < 5 || buttons.some((b) => b.getBoundingClientRect().width === 0))
+      problems.push('an animation lacks its five visible buttons');
+    player.querySelector('[data-action=next]').click();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    if (img.src === first) problems.push('"Next frame" did not change the frame');
+    player.querySelector('[data-action=first]').click();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    if (img.src !== first) problems.push('"First frame" did not return to the first frame');
+  }
+  return problems;
+}"""
+
+PROSE_SKIP = "PRE, CODE, KBD, TEXTAREA, MJX-CONTAINER, .math, .highlight, .cell_input"
+RAW_TEX = re.compile(r"\$\$|\\[()\[\]]|\\[A-Za-z]{2,}")
+# Characters that a stock Linux browser without an emoji font shows as empty boxes: the
+# media-control symbols, emoji-style dingbats (check and cross marks) and the emoji planes.
+NEEDS_EMOJI_FONT = re.compile(
+    "[\u231a\u231b\u23e9-\u23fa\u25fd\u25fe\u2614\u2615\u2648-\u2653\u267f\u2693\u26a1"
+    "\u26aa\u26ab\u26bd\u26be\u26c4\u26c5\u26ce\u26d4\u26ea\u26f2\u26f3\u26f5\u26fa\u26fd"
+    "\u2705\u270a\u270b\u2728\u274c\u274e\u2753-\u2755\u2757\u2795-\u2797\u27b0\u27bf"
+    "\u2b1b\u2b1c\u2b50\u2b55\U0001f000-\U0001faff]"
+)
+FILE_NAME = re.compile(r"^\S*\.(png|jpe?g|gif|svg|webp)$|^\S*/\S*$|^data:", re.IGNORECASE)
+
+MIB = 2**20
+# What a page may weigh: the bodies of everything it loads, uncompressed, in MiB. A chapter may
+# weigh half of what it did while every page loaded the theme's 1.5 MB icon script, MathJax's
+# combined bundle (with its context menu) and full-colour figures (then 5.37, 5.83, 4.53, 4.18,
+# 4.15 and 3.89 MiB); another page, what the theme and MathJax take (1.5 MiB) and a little text.
+WEIGHT_BUDGET_MIB = {
+    "notebooks/01_forward_diffusion": 2.65,
+    "notebooks/02_inverse_diffusion": 2.9,
+    "notebooks/03_stability": 2.25,
+    "notebooks/04_generating_digits": 2.05,
+    "notebooks/05_guidance": 2.05,
+    "notebooks/06_latent_diffusion": 1.9,
+}
+CHAPTER_BUDGET_MIB = 2.25  # a chapter not listed above
+PAGE_BUDGET_MIB = 1.6
+
+
+def weight_budget(docname: str) -> float:
+    if docname in WEIGHT_BUDGET_MIB:
+        return WEIGHT_BUDGET_MIB[docname]
+    return CHAPTER_BUDGET_MIB if docname in CHAPTERS else PAGE_BUDGET_MIB
+
+
+@functools.cache
+def equation_labels() -> frozenset[str]:
+    """The names of every labelled equation of the book, from the ids Sphinx gives them."""
+    labels = set()
+    for docname in DOCNAMES:
+        if html_path(docname).exists():
+            labels |= {i[len("equation-") :] for i in ids_in(html_path(docname))}
+    return frozenset(label for label in labels if label and not label.isdigit())
+
+
+def record_weight(docname: str, total: int, largest: list[tuple[int, str]]) -> None:
+    weights = json.loads(WEIGHT_REPORT.read_text()) if WEIGHT_REPORT.exists() else {}
+    weights[docname] = {"bytes": total, "largest": [[b, u] for b, u in largest]}
+    WEIGHT_REPORT.write_text(json.dumps(weights, indent=1, sort_keys=True) + "\n")
+
+
+def visit(browser, server: str, docname: str) -> dict:
+    """Everything the tests below check on one page, from one visit at 1366 and 390 px."""
+    problems: list[str] = []
+    context, page = open_page(browser, f"{server}/{docname}.html", problems)
+    try:
+        report = {"has_mathjax": page.evaluate(WAIT_FOR_MATHJAX)}
+        report["math"] = page.evaluate(MATH_REPORT)
+        report["images"] = page.evaluate(IMAGE_REPORT)
+        report["links"] = broken_links(page, server)
+        report["resources"] = page.evaluate(WEIGHT_REPORT_JS)
+        report["figures"] = page.evaluate(FIGURE_REPORT)
+        report["text"] = page.evaluate(TEXT_REPORT, PROSE_SKIP)
+        report["icons"] = page.evaluate(ICON_REPORT)
+        report["animations"] = page.evaluate(ANIMATION_REPORT)
+        screenshot(page, f"{VIEWPORT['width']}/{docname}")
+        page.set_viewport_size(PHONE)
+        page.wait_for_timeout(100)  # let the theme's resize handlers run
+        report["phone"] = page.evaluate(OVERFLOW_REPORT)
+        screenshot(page, f"{PHONE['width']}/{docname}")
+    finally:
+        context.close()
+    report["problems"] = problems
+    return report
+
+
+@pytest.fixture(scope="module")
+def visits(browser, server):
+    """Each page is visited once, by the first test that asks for it."""
+    cache: dict[str, dict] = {}
+
+    def get(docname: str) -> dict:
+        assert html_path(docname).exists(), (
+            f"{docname} is in _toc.yml but was not built: {html_path(docname)} is missing"
+        )
+        if docname not in cache:
+            cache[docname] = visit(browser, server, docname)
+        return cache[docname]
+
+    return get
+
+
 # --- tests ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("docname", DOCNAMES)
-def test_page_renders_offline_with_math_images_and_links(browser, server, docname):
-    path = html_path(docname)
-    assert path.exists(), f"{docname} is in _toc.yml but was not built: {path} is missing"
-    problems: list[str] = []
-    context, page = open_page(browser, f"{server}/{docname}.html", problems)
-    try:
-        has_mathjax = page.evaluate(WAIT_FOR_MATHJAX)
-        math = page.evaluate(MATH_REPORT)
-        images = page.evaluate(IMAGE_REPORT)
-        problems += broken_links(page, server)
-        screenshot(page, docname)
-    finally:
-        context.close()
-
+def test_page_renders_offline_with_math_images_and_links(visits, docname):
+    report = visits(docname)
+    problems = list(report["problems"]) + report["links"]
+    math = report["math"]
     if source_has_math(source_of(docname)):
-        if not has_mathjax or math["containers"] == 0:
+        if not report["has_mathjax"] or math["containers"] == 0:
             problems.append("the source has math, but MathJax typeset nothing on the page")
     problems += [f"raw TeX left in the text: {text!r}" for text in math["raw"]]
     problems += [f"math element not typeset: {text!r}" for text in math["untypeset"]]
     problems += [f"MathJax error: {text!r}" for text in math["errors"]]
-    problems += [f"image did not load: {img['src']}" for img in images if img["width"] == 0]
+    problems += [
+        f"image did not load: {img['src']}" for img in report["images"] if img["width"] == 0
+    ]
     assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_page_weight_is_within_budget(visits, docname):
+    resources = visits(docname)["resources"]
+    total = sum(r["bytes"] for r in resources)
+    largest = sorted(((r["bytes"], r["url"]) for r in resources), reverse=True)[:5]
+    record_weight(docname, total, largest)
+    budget = weight_budget(docname)
+    assert total <= budget * MIB, (
+        f"{docname} weighs {total / MIB:.2f} MiB, over its budget of {budget:.2f} MiB;"
+        " largest: " + ", ".join(f"{url} ({size / 1024:.0f} KiB)" for size, url in largest)
+    )
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_buttons_show_their_icons_and_animations_play(visits, docname):
+    report = visits(docname)
+    icons, fonts = report["icons"]["icons"], report["icons"]["fonts"]
+    assert icons, "no icon found in the page's buttons"
+    problems = [
+        f"icon {icon['icon']!r} has no character (width {icon['width']:.0f} px)"
+        for icon in icons
+        if icon["width"] < 4 or icon["content"] in {"none", "normal", '""'}
+    ]
+    problems += [f"icon font {f['family']} {f['weight']}: {f['status']}" for f in fonts]
+    problems = [p for p in problems if not p.endswith(": loaded")]
+    problems += report["animations"]
+    assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_page_fits_a_phone_screen(visits, docname):
+    phone = visits(docname)["phone"]
+    assert phone["overflow"] <= 0, (
+        f"{docname} is {phone['overflow']} px wider than a {PHONE['width']} px screen;"
+        " sticking out: " + "; ".join(phone["culprits"])
+    )
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_every_figure_has_a_caption_and_alt_text(visits, docname):
+    problems = []
+    for figure in visits(docname)["figures"]:
+        alt = (figure["alt"] or "").strip()
+        if not alt or FILE_NAME.match(alt):
+            problems.append(f"image without a descriptive alt text ({alt!r}): {figure['src']}")
+        # An animation is an HTML output, which myst-nb does not wrap in a figure: its caption
+        # is the sentence that introduces it.
+        if not figure["animation"] and not figure["caption"]:
+            problems.append(f"figure without a caption: {figure['src']}")
+    assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_no_raw_tex_or_equation_label_names_in_the_text(visits, docname):
+    prose = "\n".join(visits(docname)["text"]["prose"])
+    problems = [
+        f"raw TeX: {prose[max(0, m.start() - 30) : m.end() + 30]!r}"
+        for m in RAW_TEX.finditer(prose)
+    ]
+    problems += [
+        f"equation label name in the text: ({label})"
+        for label in sorted(equation_labels())
+        if f"({label})" in prose
+    ]
+    assert not problems, f"{docname}:\n  " + "\n  ".join(problems[:20])
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_no_character_needs_an_emoji_font(visits, docname):
+    text = "\n".join(visits(docname)["text"]["all"])
+    found = {
+        f"U+{ord(m.group()):04X} in {text[max(0, m.start() - 30) : m.end() + 30]!r}"
+        for m in NEEDS_EMOJI_FONT.finditer(text)
+    }
+    assert not found, f"{docname}: characters a stock browser may show as boxes:\n  " + (
+        "\n  ".join(sorted(found)[:20])
+    )
 
 
 def rgb(css_color: str) -> tuple[int, ...]:
