@@ -8,15 +8,18 @@ closed form for Gaussian data, OT pairs against brute force. Monte Carlo checks 
 standard errors (:func:`diffusion_core.metrics.assert_within`).
 """
 
+import importlib.util
 import itertools
 import math
+import pathlib
 
 import pytest
 import torch
 from scipy.integrate import quad, solve_ivp
 
-from diffusion_core import flow, losses, parameterization, samplers
+from diffusion_core import checkpoints, flow, losses, parameterization, samplers
 from diffusion_core.analytic import default_mixture_2d, gaussian, mixture_velocity
+from diffusion_core.images import load_digits_model
 from diffusion_core.likelihood import divergence
 from diffusion_core.metrics import assert_within, mean_and_standard_error, rms_distance
 from diffusion_core.nets import MLPDenoiser
@@ -404,3 +407,31 @@ def test_flow_matching_objective_refuses_bad_settings(kwargs, error, name):
 def test_given_coupling_refuses_unpaired_batches():
     with pytest.raises(ValueError, match="batch"):
         losses.FlowMatchingLoss(coupling="given")(lambda x, t: x, X, None, gen(0))
+
+
+# ------------------------------------------------------------------ the training script
+
+
+def _train_flow_script():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_flow", root / "scripts/train_flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flow_training_script_is_reproducible_and_matches_the_packaged_run(tmp_path):
+    script = _train_flow_script()
+    out = [tmp_path / f"{name}.safetensors" for name in "ab"]
+    for path in out:
+        script.main(["--steps", "2", "--out", str(path)])
+    a, b = (checkpoints.load(path, checkpoints.DIGITS_MODEL) for path in out)
+    for name in a["ema"]:
+        assert torch.equal(a["ema"][name], b["ema"][name]), name
+    assert torch.equal(a["losses"], b["losses"]) and len(a["losses"]) == 2
+    # the packaged model: the script's settings, and its first steps (bit for bit on the
+    # machine that trained it; another CPU may round its convolutions differently)
+    net, packaged_record = load_digits_model(checkpoints.packaged("flow_digits"))
+    assert packaged_record["train"] == script.SETTINGS
+    assert packaged_record["prediction"] == "velocity"
+    torch.testing.assert_close(a["losses"], packaged_record["losses"][:2], rtol=1e-5, atol=0)
