@@ -219,7 +219,7 @@ _BUTTONS = [
     ("last", "Last frame"),
 ]
 _PLAYER_STYLE = (
-    ".book-animation{max-width:100%}"
+    ".book-animation{width:fit-content;max-width:100%}"
     ".book-animation img{display:block;max-width:100%;height:auto}"
     ".book-animation .controls{display:flex;flex-wrap:wrap;align-items:center;gap:4px;"
     "margin-top:4px}"
