@@ -8,8 +8,8 @@ bibliography. That name is computed once, as the entry's label, and every citati
 
 - ``{cite:t}`key``` gives "Lu et al. (2022a)", ``{cite:p}`a,b``` gives "(Lu et al., 2022a; Ho
   and Salimans, 2022)";
-- the bibliography (``bibtex_default_style: book_author_year``) sorts by author, then year, then
-  arXiv number (the order of appearance), then title, and shows each entry under its label.
+- the bibliography (``bibtex_default_style: book_author_year``) sorts the entries as their labels
+  read (first author; alone, with co-authors, et al.; year) and shows each under its label.
 
 In the HTML, each bibliography entry ends with the places that cite it ("Cited in Chapter 1
 (a, b), Notation"), each a link back to the citation. sphinxcontrib-bibtex makes such back
@@ -110,15 +110,31 @@ def split_label(label: str) -> tuple[str, str]:
 
 
 class AuthorYearSortingStyle(BaseSortingStyle):
-    """By surnames and given names of all authors, then year, arXiv number and title."""
+    """In the order in which a reader looks a label up.
+
+    By the first author's surname; then works by that author alone, works with one or two
+    co-authors (by their surnames) and works "et al."; then by year, arXiv number (the order of
+    appearance) and title. So the "Chen et al." works stand together, by year.
+    """
 
     def sorting_key(self, entry: Entry):
         persons = entry.persons.get("author") or entry.persons.get("editor") or []
-        people = tuple(
-            (surname(p).lower(), " ".join(p.first_names + p.middle_names).lower()) for p in persons
-        )
+        names = tuple(surname(person).lower() for person in persons) or ("",)
+        if len(names) == 1:
+            group, coauthors = 0, ()
+        elif len(names) <= MAX_NAMED_AUTHORS:
+            group, coauthors = 1, names[1:]
+        else:
+            group, coauthors = 2, ()
         fields = entry.fields
-        return (people, fields.get("year", ""), fields.get("eprint", ""), fields.get("title", ""))
+        return (
+            names[0],
+            group,
+            coauthors,
+            fields.get("year", ""),
+            fields.get("eprint", ""),
+            fields.get("title", ""),
+        )
 
 
 class AuthorYearStyle(UnsrtStyle):
