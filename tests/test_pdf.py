@@ -101,6 +101,14 @@ def contents_pages(pdf_text: str) -> list[int]:
     return pages
 
 
+def test_the_numbered_part_is_where_the_latex_layout_expects_it():
+    # book/_latex/diffusionbook.sty numbers the chapters of the second part of _toc.yml only,
+    # as the HTML numbers those of the part marked `numbered: true`.
+    parts = yaml.safe_load((ROOT / "_toc.yml").read_text())["parts"]
+    assert [bool(part.get("numbered")) for part in parts] == [False, True, False]
+    assert r"\ifnum\value{book@part}=2 " in (ROOT / "book/_latex/diffusionbook.sty").read_text()
+
+
 @needs_pdf
 def test_contents_list_every_chapter_numbered_in_reading_order(pdf_text):
     pages = contents_pages(pdf_text)
