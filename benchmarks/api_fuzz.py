@@ -46,9 +46,11 @@ from diffusion_core import (  # noqa: E402
     analytic,
     autoencoder,
     device,
+    discrete,
     forward,
     grids,
     images,
+    languages,
     latent,
     metrics,
     nets,
@@ -76,6 +78,12 @@ LIN = schedules.linear_schedule(100)
 GRID = LIN.grid(5)
 MIX = analytic.default_mixture_2d()
 EXACT = parameterization.exact_denoiser(MIX)
+TOKENS = torch.tensor([[0, 1, 2, 3, 0], [3, 2, 1, 0, 1], [1, 1, 2, 2, 3]])
+ABSORBING = discrete.DiscreteProcess.linear("absorbing", 4, 5)
+MARKOV = languages.random_markov_language(4, 1, 5, 4, gen())
+with torch.random.fork_rng(devices=[]):
+    torch.manual_seed(0)
+    TOKEN_NET = discrete.TokenTransformer(4, 5, dim=8, layers=1, heads=2).eval()
 
 
 def exact_eps(x, t):
@@ -530,6 +538,51 @@ CASES = {
         text.TextEncoder,
         lambda: dict(vocab_size=20, max_length=8, dim=8, layers=1, heads=2),
     ),
+    "discrete.DiscreteProcess.linear": (
+        discrete.DiscreteProcess.linear,
+        lambda: dict(kind="absorbing", vocab_size=4, T=5),
+    ),
+    "discrete.DiscreteProcess.q_probs": (
+        ABSORBING.q_probs,
+        lambda: dict(x0=TOKENS.clone(), t=3),
+    ),
+    "discrete.DiscreteProcess.posterior_probs": (
+        ABSORBING.posterior_probs,
+        lambda: dict(xt=TOKENS.clone(), x0=TOKENS.clone(), t=3),
+    ),
+    "discrete.d3pm_sample": (
+        discrete.d3pm_sample,
+        lambda: dict(denoiser=TOKEN_NET, process=ABSORBING, n=3, length=5, generator=gen()),
+    ),
+    "discrete.masked_nelbo": (
+        discrete.masked_nelbo,
+        lambda: dict(denoiser=TOKEN_NET, x0=TOKENS.clone(), vocab_size=4, generator=gen()),
+    ),
+    "discrete.masked_sample": (
+        discrete.masked_sample,
+        lambda: dict(
+            denoiser=TOKEN_NET,
+            prompt=torch.full((3, 5), 4),
+            vocab_size=4,
+            steps=3,
+            generator=gen(),
+        ),
+    ),
+    "discrete.mask_weight": (discrete.mask_weight, lambda: dict(t=torch.tensor([0.5]))),
+    "discrete.TokenTransformer": (
+        discrete.TokenTransformer,
+        lambda: dict(vocab_size=4, length=5, dim=8, layers=1, heads=2),
+    ),
+    "languages.random_markov_language": (
+        languages.random_markov_language,
+        lambda: dict(vocab_size=4, order=2, length=5, allowed=2, generator=gen()),
+    ),
+    "languages.MarkovLanguage.log_prob": (MARKOV.log_prob, lambda: dict(x=TOKENS.clone())),
+    "languages.ArithmeticLanguage.is_valid": (
+        languages.ArithmeticLanguage(1).is_valid,
+        lambda: dict(x=torch.zeros(2, 6, dtype=torch.int64)),
+    ),
+    "languages.distinct_ngrams": (languages.distinct_ngrams, lambda: dict(x=TOKENS.clone(), n=2)),
 }
 
 # The values an argument is replaced by, chosen by the kind of its valid value.
