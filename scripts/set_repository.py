@@ -12,12 +12,12 @@ and the repository button are built from it, and three other places must agree w
   it) and any ``pip install ... @ git+URL`` they show.
 
 Given a repository, the script rewrites all of them; it edits the lines that hold the URL and
-nothing else (a notebook's JSON text is edited in place, then read back with nbformat to prove
-that only that line of the set-up cell changed). Running it twice changes nothing the second
-time. With ``--check`` it changes nothing and exits with status 1, listing each disagreement,
-when a notebook or a page does not use the URL of _config.yml (or a notebook has no set-up
-cell). The book's publishing workflow runs it with ``$GITHUB_REPOSITORY``, so a fork publishes
-a book whose buttons open the fork's notebooks.
+nothing else (nbformat finds the set-up cell; the line's JSON string is then replaced in the
+file's text, and the result, read back as data, must differ in that line alone). Running it
+twice changes nothing the second time. With ``--check`` it changes nothing and exits with
+status 1, listing each disagreement, when a notebook or a page does not use the URL of
+_config.yml (or a notebook has no set-up cell). The book's publishing workflow runs it with
+``$GITHUB_REPOSITORY``, so a fork publishes a book whose buttons open the fork's notebooks.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import pathlib
 import re
 import sys
+import warnings
 
 import nbformat
 
@@ -62,6 +63,14 @@ def configured_url() -> str:
     return match[2]
 
 
+def read_notebook(text: str) -> nbformat.NotebookNode:
+    # Reading is all this script asks of nbformat: a notebook saved without cell ids is another
+    # tool's business (nbformat would warn, and make up ids that this script never writes).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nbformat.validator.MissingIDFieldWarning)
+        return nbformat.reads(text, as_version=4)
+
+
 def setup_lines(notebook: nbformat.NotebookNode) -> list[tuple[int, str]]:
     """(cell index, URL) of each ``REPOSITORY = "..."`` line in the notebook's code cells."""
     found = []
@@ -74,7 +83,7 @@ def setup_lines(notebook: nbformat.NotebookNode) -> list[tuple[int, str]]:
 
 
 def notebook_problems(path: pathlib.Path, url: str) -> list[str]:
-    found = setup_lines(nbformat.read(path, as_version=4))
+    found = setup_lines(read_notebook(path.read_text()))
     if len(found) != 1:
         return [f"{path.relative_to(ROOT)}: {len(found)} set-up lines `REPOSITORY = ...`, want 1"]
     index, value = found[0]
@@ -98,8 +107,7 @@ def page_problems(path: pathlib.Path, url: str) -> list[str]:
 def notebook_text(path: pathlib.Path, url: str) -> str:
     """The notebook's JSON text with the set-up line's string rewritten, nothing else."""
     text = path.read_text()
-    before = nbformat.reads(text, as_version=4)
-    found = setup_lines(before)
+    found = setup_lines(read_notebook(text))
     if len(found) != 1:
         raise SystemExit(notebook_problems(path, url)[0])
     index, old = found[0]
@@ -107,10 +115,13 @@ def notebook_text(path: pathlib.Path, url: str) -> str:
     if text.count(old_json) != 1:
         raise SystemExit(f"{path.relative_to(ROOT)}: the set-up line is not one JSON string")
     new_text = text.replace(old_json, new_json)
-    before.cells[index].source = before.cells[index].source.replace(
-        f'REPOSITORY = "{old}"', f'REPOSITORY = "{url}"'
-    )
-    if nbformat.reads(new_text, as_version=4) != before:
+    # The JSON, compared as data: the set-up cell's source is the only thing that changes.
+    expected = json.loads(text)
+    cell = expected["cells"][index]
+    lines = cell["source"] if isinstance(cell["source"], list) else [cell["source"]]
+    lines = [line.replace(f'REPOSITORY = "{old}"', f'REPOSITORY = "{url}"') for line in lines]
+    cell["source"] = lines if isinstance(cell["source"], list) else lines[0]
+    if json.loads(new_text) != expected:
         raise SystemExit(f"{path.relative_to(ROOT)}: more than the set-up line would change")
     return new_text
 
