@@ -73,11 +73,12 @@ def test_environment_yml_python_matches_requires_python():
     assert python == "python" + requires
 
 
-def test_the_wheel_carries_the_trained_checkpoints(tmp_path):
-    """`pip install` from git (the chapters' set-up cell on Colab) gets the packaged weights.
+def test_the_wheel_carries_every_file_of_the_package(tmp_path):
+    """`pip install` from git (the chapters' set-up cell on Colab) gets the packaged weights and
+    data files: every file under diffusion_core/, Python or not, is in the wheel, byte for byte.
 
     The wheel is built from a copy of the sources with setuptools' PEP 517 backend, in a fresh
-    interpreter and without network access, exactly as pip would build it.
+    interpreter and without network access, as pip would build it.
     """
     source = tmp_path / "source"
     shutil.copytree(ROOT / "diffusion_core", source / "diffusion_core", ignore=IGNORED)
@@ -93,11 +94,17 @@ def test_the_wheel_carries_the_trained_checkpoints(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     wheel = tmp_path / result.stdout.strip().splitlines()[-1]
-    weights = sorted(path.name for path in (ROOT / "diffusion_core/weights").glob("*.safetensors"))
+    package = source / "diffusion_core"
+    files = sorted(path for path in package.rglob("*") if path.is_file())
+    weights = [path for path in files if path.suffix == ".safetensors"]
     assert weights, "diffusion_core/weights holds no checkpoint"
     with zipfile.ZipFile(wheel) as archive:
-        for name in weights:
-            member = f"diffusion_core/weights/{name}"
-            assert member in archive.namelist(), f"{wheel.name} lacks {member}"
-            packed = archive.read(member)
-            assert packed == (ROOT / "diffusion_core/weights" / name).read_bytes()
+        packed = set(archive.namelist())
+        missing = [
+            str(path.relative_to(source))
+            for path in files
+            if str(path.relative_to(source)) not in packed
+        ]
+        assert not missing, f"{wheel.name} lacks {missing}"
+        for path in weights:
+            assert archive.read(str(path.relative_to(source))) == path.read_bytes()
