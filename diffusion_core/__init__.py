@@ -24,6 +24,9 @@ Modules, in the order data flows through them:
   clipping and thresholding;
 - :mod:`~diffusion_core.autoencoder`, :mod:`~diffusion_core.text`: the latent autoencoder and the
   tiny prompt encoder for latent, text-conditioned diffusion;
+- :mod:`~diffusion_core.discrete`, :mod:`~diffusion_core.languages`: diffusion on tokens (D3PM's
+  processes, the masked process, its ELBO and samplers, a token transformer) and the languages of
+  known distribution it is measured against;
 - :mod:`~diffusion_core.device`: seeding and device choice;
 - :mod:`~diffusion_core.plotting`: the book's figure helpers (needs matplotlib).
 """

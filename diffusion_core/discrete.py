@@ -44,18 +44,20 @@ logits (n, L, V) over the V data tokens: a prediction of p(x_0^i | x_t) at every
 causal for the autoregressive reference of :func:`autoregressive_nll`), and
 :func:`exact_denoiser` the true posterior of a language of :mod:`diffusion_core.languages`.
 A denoiser that does not depend on t is enough for the masked process: the true p(x_0 | x_t)
-depends on which tokens are masked, not on when (Ou et al. 2024).
+depends on which tokens are masked, not on when (Ou et al. 2025).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_core import checkpoints
 from diffusion_core._validation import (
     check_callable,
     check_positive_int,
@@ -65,6 +67,7 @@ from diffusion_core.languages import MAX_LENGTH, MAX_VOCAB, Language, check_toke
 from diffusion_core.text import _EncoderLayer
 
 __all__ = [
+    "ESTIMATORS",
     "MASK_SCHEDULES",
     "PROCESS_KINDS",
     "DiscreteProcess",
@@ -74,6 +77,7 @@ __all__ = [
     "autoregressive_sample",
     "d3pm_sample",
     "exact_denoiser",
+    "load_token_models",
     "mask_alpha",
     "mask_weight",
     "masked_cross_entropy",
@@ -84,6 +88,7 @@ __all__ = [
 ]
 
 PROCESS_KINDS = ("uniform", "absorbing")
+ESTIMATORS = ("time", "count")
 MASK_SCHEDULES = ("linear", "cosine")
 MAX_STEPS = 1_000_000
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -301,28 +306,56 @@ def masked_nelbo(
     vocab_size: int,
     generator: torch.Generator,
     schedule: str = "linear",
+    estimator: str = "time",
 ) -> torch.Tensor:
     """A one-sample estimate of the negative ELBO of each sequence of x0 (n, L), in nats.
 
-    t ~ U(0, 1] per sequence, x_t ~ q(x_t | x_0), then :func:`masked_cross_entropy`: unbiased
-    for the integral of the module docstring (MDLM Eq. 10; Shi et al. 2024, Eq. 5). Returns
-    (n,) float in the denoiser's dtype.
+    The masks come from :func:`masked_draw` (``estimator`` "time" or "count"), then
+    :func:`masked_cross_entropy`; either way the estimate is unbiased for the integral of the
+    module docstring (MDLM Eq. 10; Shi et al. 2024, Eq. 5), "count" when the denoiser ignores
+    t. Returns (n,) float in the denoiser's dtype.
     """
     check_callable("denoiser", denoiser, "denoiser(x_t, t) -> logits (n, L, V)")
     vocab_size = check_positive_int("vocab_size", vocab_size, maximum=MAX_VOCAB)
     x0 = _check_data_tokens("x0", x0, vocab_size)
-    t, xt = masked_draw(x0, vocab_size, generator, schedule)
-    return masked_cross_entropy(denoiser, x0, xt, t, vocab_size, schedule)
+    t, weight, xt = masked_draw(x0, vocab_size, generator, schedule, estimator)
+    return masked_cross_entropy(denoiser, x0, xt, t, weight)
 
 
 def masked_draw(
-    x0: torch.Tensor, vocab_size: int, generator: torch.Generator, schedule: str = "linear"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """t ~ U(0, 1] (n,) float64 and x_t ~ q(x_t | x_0), drawn in that order from ``generator``."""
+    x0: torch.Tensor,
+    vocab_size: int,
+    generator: torch.Generator,
+    schedule: str = "linear",
+    estimator: str = "time",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks for a one-sample ELBO estimate: times t (n,), weights (n,), both float64, and x_t.
+
+    "time": t ~ U(0, 1], each token masked with probability 1 - alpha(t), weight
+    -alpha'(t) / (1 - alpha(t)) (the integral as written). "count": k ~ U{1..L}, exactly k
+    positions masked, chosen uniformly, weight L / k, t = k / L. The integral weighs the sets
+    of k masked positions by 1 / (k C(L, k)) whatever the schedule (Chapter 9, eq.
+    (elbo-entropy)), so for a denoiser that ignores t the two have the same mean; the second
+    never puts a weight above L on a cross-entropy, where the first's 1 / t is unbounded, and
+    its variance is far smaller (the order view of Hoogeboom et al. 2022, Ou et al. 2025).
+    Drawn from ``generator`` in that order (times or counts, then the masks).
+    """
     check_torch_generator("generator", generator)
+    vocab_size = check_positive_int("vocab_size", vocab_size, maximum=MAX_VOCAB)
     x0 = _check_data_tokens("x0", x0, vocab_size)
-    t = 1 - torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)  # (0, 1]
-    return t, masked_q_sample(x0, t, vocab_size, generator, schedule)
+    _check_schedule(schedule)
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    n, length = x0.shape
+    if estimator == "time":
+        t = 1 - torch.rand(n, generator=generator, dtype=torch.float64)  # (0, 1]
+        xt = masked_q_sample(x0, t, vocab_size, generator, schedule)
+        return t, mask_weight(t, schedule), xt
+    k = torch.randint(1, length + 1, (n,), generator=generator)
+    ranks = torch.rand(n, length, generator=generator).argsort(1).argsort(1)
+    xt = torch.where(ranks < k[:, None], vocab_size, x0)
+    k = k.double()
+    return k / length, length / k, xt
 
 
 def masked_cross_entropy(
@@ -330,20 +363,27 @@ def masked_cross_entropy(
     x0: torch.Tensor,
     xt: torch.Tensor,
     t: torch.Tensor,
-    vocab_size: int,
-    schedule: str = "linear",
+    weight: torch.Tensor,
 ) -> torch.Tensor:
-    """w(t) sum over the masked positions of x_t of -log p(x_0^i | x_t), (n,), in nats:
-    the integrand of the masked process's negative ELBO, w(t) = -alpha'(t) / (1 - alpha(t))."""
+    """weight * sum over the masked positions of x_t of -log p(x_0^i | x_t), (n,), in nats:
+    the integrand of the masked process's negative ELBO, with weight -alpha'(t) / (1 - alpha(t))
+    (or the weight of :func:`masked_draw`'s "count" estimator). The mask id is V, the number
+    of columns of the denoiser's logits."""
     check_callable("denoiser", denoiser, "denoiser(x_t, t) -> logits (n, L, V)")
-    x0 = _check_data_tokens("x0", x0, vocab_size)
-    xt = check_tokens("xt", xt, vocab_size + 1)
+    if not isinstance(x0, torch.Tensor) or not isinstance(xt, torch.Tensor):
+        raise TypeError("x0 and xt must be integer tensors (n, L)")
     if xt.shape != x0.shape:
         raise ValueError(f"xt must have the shape of x0 {tuple(x0.shape)}, got {tuple(xt.shape)}")
-    weight = mask_weight(t, schedule)
-    if weight.shape != (x0.shape[0],):
-        raise ValueError(f"t must have shape ({x0.shape[0]},), got {tuple(weight.shape)}")
+    n = x0.shape[0]
+    for name, value in (("t", t), ("weight", weight)):
+        if not isinstance(value, torch.Tensor) or value.shape != (n,):
+            raise ValueError(f"{name} must be a tensor of shape ({n},)")
     logits = denoiser(xt, t)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3:
+        raise TypeError("denoiser must return floating-point logits (n, L, V)")
+    vocab_size = logits.shape[-1]
+    x0 = _check_data_tokens("x0", x0, vocab_size)
+    xt = check_tokens("xt", xt, vocab_size + 1)
     _check_logits(logits, x0.shape, vocab_size)
     cross_entropy = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (n, L)
     masked = (xt == vocab_size).to(cross_entropy.dtype)
@@ -564,3 +604,28 @@ def _check_schedule(schedule) -> None:
 def _check_causal(net) -> None:
     if not isinstance(net, TokenTransformer) or not net.causal:
         raise TypeError("net must be a causal TokenTransformer")
+
+
+def load_token_models(path: str | os.PathLike) -> tuple[dict[str, TokenTransformer], dict]:
+    """The networks of a checkpoint written by ``scripts/train_text.py``, and its metadata.
+
+    The file is a :mod:`diffusion_core.checkpoints` checkpoint of kind "text_models": for each
+    model name (such as "markov_diffusion" or "arithmetic_autoregressive"), the
+    :class:`TokenTransformer` settings, its EMA weights, its losses and training time. The nets
+    come back in eval mode without gradients; the metadata is everything but the weights.
+    """
+    state = checkpoints.load(path, checkpoints.TEXT_MODELS)
+    nets, metadata = {}, {key: value for key, value in state.items() if key != "models"}
+    metadata["models"] = {}
+    try:
+        for name, model in state["models"].items():
+            with torch.random.fork_rng(devices=[]):
+                net = TokenTransformer(**model["net"])
+            net.load_state_dict(model["weights"])
+            nets[name] = net.eval().requires_grad_(False)
+            metadata["models"][name] = {k: v for k, v in model.items() if k != "weights"}
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise checkpoints.CheckpointError(
+            f"{path} is a text models checkpoint whose settings or weights do not fit ({err})"
+        ) from None
+    return nets, metadata

@@ -63,6 +63,7 @@ from diffusion_core._validation import (
     per_sample,
 )
 from diffusion_core.discrete import (
+    ESTIMATORS,
     MASK_SCHEDULES,
     autoregressive_nll,
     masked_cross_entropy,
@@ -542,27 +543,31 @@ def _token_batch(batch: torch.Tensor, vocab_size: int) -> torch.Tensor:
 class MaskedDiffusionLoss(Objective):
     """The masked diffusion ELBO (Sahoo et al. 2024; Shi et al. 2024) as a training objective.
 
-    loss_i = w(t_i) sum over the masked positions of -log p(x_0^i | x_t) / L: the one-sample
-    negative ELBO of :func:`diffusion_core.discrete.masked_nelbo` in nats per token, t_i and
-    the masks drawn for the global batch (:func:`diffusion_core.discrete.masked_draw`), then
-    this process's shard. The net is a denoiser ``net(x_t, t) -> logits (n, L, V)``; the data
-    are token ids 0..V-1 stored as floats (``tokens.float()``), the mask id is V.
+    loss_i = weight_i sum over the masked positions of -log p(x_0^i | x_t) / L: the one-sample
+    negative ELBO of :func:`diffusion_core.discrete.masked_nelbo` in nats per token, the masks
+    drawn for the global batch (:func:`diffusion_core.discrete.masked_draw`, ``estimator``
+    "time" or "count"), then this process's shard. The net is a denoiser
+    ``net(x_t, t) -> logits (n, L, V)``; the data are token ids 0..V-1 stored as floats
+    (``tokens.float()``), the mask id is V.
     """
 
     vocab_size: int
     schedule: str = "linear"
+    estimator: str = "time"
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size, maximum=65_536)
         if self.schedule not in MASK_SCHEDULES:
             raise ValueError(f"schedule must be one of {MASK_SCHEDULES}, got {self.schedule!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
 
     def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
         x0 = _token_batch(batch, self.vocab_size)
-        t, xt = masked_draw(x0.cpu(), self.vocab_size, generator, self.schedule)
-        x0, t, xt = distributed.shard(x0, t.to(x0.device), xt.to(x0.device))
-        nelbo = masked_cross_entropy(net, x0, xt, t, self.vocab_size, self.schedule)
-        return nelbo / x0.shape[1]
+        drawn = masked_draw(x0.cpu(), self.vocab_size, generator, self.schedule, self.estimator)
+        t, weight, xt = (value.to(x0.device) for value in drawn)
+        x0, t, weight, xt = distributed.shard(x0, t, weight, xt)
+        return masked_cross_entropy(net, x0, xt, t, weight) / x0.shape[1]
 
 
 @dataclass(frozen=True)
