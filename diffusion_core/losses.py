@@ -501,17 +501,19 @@ class FlowMatchingLoss(Objective):
     def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
         """The per-sample loss of this process's shard of ``batch``, shape (n / W,)."""
         check_float("batch", batch)
-        n = batch.shape[0] if batch.ndim else 0
-        t_max = float(self.process.t_max)
-        t = t_max * sample_flow_time(
-            max(n, 1), generator, self.time_sampler, self.location, self.spread
+        if self.coupling == "given" and (batch.ndim < 3 or batch.shape[1] != 2):
+            raise ValueError(
+                f"coupling='given' needs batch of shape (n, 2, ...) holding (x0, eps) pairs, "
+                f"got {tuple(batch.shape)}"
+            )
+        if batch.ndim < 2 or batch.shape[0] < 1:
+            raise ValueError(
+                f"batch must have shape (n, ...) with n >= 1, got {tuple(batch.shape)}"
+            )
+        t = float(self.process.t_max) * sample_flow_time(
+            batch.shape[0], generator, self.time_sampler, self.location, self.spread
         )
         if self.coupling == "given":
-            if batch.ndim < 3 or batch.shape[1] != 2:
-                raise ValueError(
-                    f"coupling='given' needs batch of shape (n, 2, ...) holding (x0, eps) pairs, "
-                    f"got {tuple(batch.shape)}"
-                )
             x0, noise = batch[:, 0], batch[:, 1]
         else:
             x0 = batch

@@ -404,9 +404,15 @@ def test_flow_matching_objective_refuses_bad_settings(kwargs, error, name):
         losses.FlowMatchingLoss(**kwargs)
 
 
-def test_given_coupling_refuses_unpaired_batches():
+def test_objective_refuses_batches_of_the_wrong_shape():
     with pytest.raises(ValueError, match="batch"):
         losses.FlowMatchingLoss(coupling="given")(lambda x, t: x, X, None, gen(0))
+    with pytest.raises(ValueError, match="batch"):
+        losses.FlowMatchingLoss()(lambda x, t: x, torch.zeros(4), None, gen(0))
+    with pytest.raises(TypeError, match="batch"):
+        losses.FlowMatchingLoss()(
+            lambda x, t: x, torch.zeros(4, 2, dtype=torch.int64), None, gen(0)
+        )
 
 
 # ------------------------------------------------------------------ the training script
