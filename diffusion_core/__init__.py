@@ -27,6 +27,8 @@ Modules, in the order data flows through them:
 - :mod:`~diffusion_core.discrete`, :mod:`~diffusion_core.languages`: diffusion on tokens (D3PM's
   processes, the masked process, its ELBO and samplers, a token transformer) and the languages of
   known distribution it is measured against;
+- :mod:`~diffusion_core.audio`: spoken digits as log-mel spectrograms, their inverse to sound,
+  pitch, the judge that names the words and the conditional spectrogram denoiser;
 - :mod:`~diffusion_core.device`: seeding and device choice;
 - :mod:`~diffusion_core.plotting`: the book's figure helpers (needs matplotlib).
 """

@@ -51,6 +51,8 @@ __all__ = [
     "FORMAT_VERSION",
     "KINDS",
     "LATENT_MODEL",
+    "SOUND_CLASSIFIER",
+    "SOUND_MODEL",
     "TRAINING_STATE",
     "CheckpointError",
     "convert_torch_checkpoint",
@@ -65,11 +67,15 @@ TRAINING_STATE = "training_state"
 DIGITS_MODEL = "digits_model"
 LATENT_MODEL = "latent_model"
 DIGITS_CLASSIFIER = "digits_classifier"
+SOUND_MODEL = "sound_model"
+SOUND_CLASSIFIER = "sound_classifier"
 KINDS = {
     TRAINING_STATE: "a training state (diffusion_core.train.train, resumable)",
     DIGITS_MODEL: "a digits denoiser (scripts/train_digits.py)",
     LATENT_MODEL: "a latent diffusion model (scripts/train_latent.py)",
     DIGITS_CLASSIFIER: "the digits classifier (diffusion_core.images.digits_classifier)",
+    SOUND_MODEL: "the spoken-digit spectrogram denoiser (scripts/train_sound.py)",
+    SOUND_CLASSIFIER: "the spoken-digit classifier (scripts/train_sound.py)",
 }
 """The kinds of checkpoint, each with what it holds (used in error messages)."""
 
