@@ -53,6 +53,7 @@ __all__ = [
     "LATENT_MODEL",
     "SOUND_CLASSIFIER",
     "SOUND_MODEL",
+    "TEXT_MODELS",
     "TRAINING_STATE",
     "CheckpointError",
     "convert_torch_checkpoint",
@@ -69,6 +70,7 @@ LATENT_MODEL = "latent_model"
 DIGITS_CLASSIFIER = "digits_classifier"
 SOUND_MODEL = "sound_model"
 SOUND_CLASSIFIER = "sound_classifier"
+TEXT_MODELS = "text_models"
 KINDS = {
     TRAINING_STATE: "a training state (diffusion_core.train.train, resumable)",
     DIGITS_MODEL: "a digits denoiser (scripts/train_digits.py)",
@@ -76,6 +78,7 @@ KINDS = {
     DIGITS_CLASSIFIER: "the digits classifier (diffusion_core.images.digits_classifier)",
     SOUND_MODEL: "the spoken-digit spectrogram denoiser (scripts/train_sound.py)",
     SOUND_CLASSIFIER: "the spoken-digit classifier (scripts/train_sound.py)",
+    TEXT_MODELS: "the token diffusion and autoregressive models (scripts/train_text.py)",
 }
 """The kinds of checkpoint, each with what it holds (used in error messages)."""
 

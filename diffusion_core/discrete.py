@@ -337,7 +337,7 @@ def masked_draw(
     of k masked positions by 1 / (k C(L, k)) whatever the schedule (Chapter 9, eq.
     (elbo-entropy)), so for a denoiser that ignores t the two have the same mean; the second
     never puts a weight above L on a cross-entropy, where the first's 1 / t is unbounded, and
-    its variance is far smaller (the order view of Hoogeboom et al. 2022, Ou et al. 2025).
+    its estimates spread less (the order view of Hoogeboom et al. 2022, Ou et al. 2025).
     Drawn from ``generator`` in that order (times or counts, then the masks).
     """
     check_torch_generator("generator", generator)

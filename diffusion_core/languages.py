@@ -38,7 +38,9 @@ __all__ = [
     "ArithmeticLanguage",
     "Language",
     "MarkovLanguage",
+    "BOOK_MARKOV",
     "bits_per_token",
+    "book_languages",
     "check_tokens",
     "distinct_ngrams",
     "random_markov_language",
@@ -47,6 +49,8 @@ __all__ = [
 MAX_SUPPORT = 1 << 20  # sequences an exact enumeration may hold
 MAX_VOCAB = 4096  # tokens of a vocabulary here (the mask or start symbol not included)
 MAX_LENGTH = 4096  # tokens of a sequence
+BOOK_MARKOV = {"vocab_size": 8, "order": 2, "length": 12, "allowed": 3, "seed": 2024}
+"""The settings of the book's Markov language (:func:`book_languages`)."""
 
 
 def check_tokens(name: str, x, vocab_size: int, *, allow_empty: bool = False) -> torch.Tensor:
@@ -395,3 +399,15 @@ class ArithmeticLanguage(Language):
 
     def __repr__(self) -> str:
         return f"ArithmeticLanguage(digits={self.digits})"
+
+
+def book_languages() -> dict[str, Language]:
+    """The two languages of the book's text chapter: "markov", the Markov language of
+    :data:`BOOK_MARKOV` (drawn by :func:`random_markov_language` from its seed), and
+    "arithmetic", :class:`ArithmeticLanguage` with two-digit numbers."""
+    settings = dict(BOOK_MARKOV)
+    generator = torch.Generator().manual_seed(settings.pop("seed"))
+    return {
+        "markov": random_markov_language(**settings, generator=generator),
+        "arithmetic": ArithmeticLanguage(digits=2),
+    }

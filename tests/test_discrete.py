@@ -4,12 +4,15 @@ Monte Carlo checks use k = 4 standard errors (diffusion_core.metrics.assert_with
 implementation fails one with probability about 6e-5.
 """
 
+import importlib.util
 import itertools
 import math
+import pathlib
 
 import pytest
 import torch
 
+from diffusion_core import checkpoints
 from diffusion_core.discrete import (
     DiscreteProcess,
     TokenTransformer,
@@ -18,14 +21,18 @@ from diffusion_core.discrete import (
     autoregressive_sample,
     d3pm_sample,
     exact_denoiser,
+    load_token_models,
     mask_alpha,
     mask_weight,
+    masked_draw,
     masked_nelbo,
     masked_q_sample,
     masked_sample,
 )
 from diffusion_core.languages import ArithmeticLanguage, random_markov_language
+from diffusion_core.losses import AutoregressiveLoss, MaskedDiffusionLoss
 from diffusion_core.metrics import assert_within, mean_and_standard_error
+from diffusion_core.train import TrainConfig, train
 
 KINDS = ("uniform", "absorbing")
 
@@ -161,14 +168,33 @@ def test_masked_elbo_equals_the_direct_sum_of_kl_terms():
         assert math.isclose(direct, weighted, rel_tol=1e-12), (x0, direct, weighted)
 
 
-def test_exact_denoiser_gives_an_elbo_at_the_entropy():
-    """With the true p(x_0^i | x_t), the masked ELBO is tight: E[NELBO] = H(X)."""
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("estimator", ["time", "count"])
+def test_exact_denoiser_gives_an_elbo_at_the_entropy(schedule, estimator):
+    """With the true p(x_0^i | x_t), the masked ELBO is tight: E[NELBO] = H(X), whatever the
+    schedule and estimator."""
     generator = torch.Generator().manual_seed(0)
     language = random_markov_language(3, 2, 6, 2, generator)
     x0 = language.sample(4000, generator)
-    nelbo = masked_nelbo(exact_denoiser(language), x0, language.vocab_size, generator)
+    denoiser = exact_denoiser(language)
+    nelbo = masked_nelbo(denoiser, x0, language.vocab_size, generator, schedule, estimator)
     mean, se = mean_and_standard_error(nelbo)
-    assert_within(mean, language.entropy(), se, what="NELBO of the exact denoiser")
+    assert_within(mean, language.entropy(), se, what=f"NELBO ({schedule}, {estimator})")
+
+
+def test_count_estimator_masks_exactly_k_uniform_positions():
+    n, length = 20_000, 5
+    x0 = torch.zeros(n, length, dtype=torch.int64)
+    t, weight, xt = masked_draw(x0, 3, torch.Generator().manual_seed(0), estimator="count")
+    k = (xt == 3).sum(1)
+    assert torch.equal(k.double(), t * length) and torch.allclose(weight, length / k.double())
+    assert int(k.min()) == 1 and int(k.max()) == length
+    for count in range(1, length + 1):  # k uniform on 1..L
+        frequency = float((k == count).double().mean())
+        se = math.sqrt(0.2 * 0.8 / n)
+        assert_within(frequency, 0.2, se, what=f"P(k = {count})")
+    masked_first = float((xt[:, 0] == 3).double().mean())  # E[k] / L = 3 / 5
+    assert_within(masked_first, 0.6, math.sqrt(0.24 / n), what="P(position 0 masked)")
 
 
 def test_exact_denoiser_of_the_uniform_process_knows_the_clean_data():
@@ -306,3 +332,77 @@ def test_bad_input_is_refused_by_name():
         mask_weight(torch.tensor([0.0]))
     with pytest.raises(ValueError, match="schedule must be one of"):
         mask_alpha(torch.tensor([0.5]), "log")
+
+
+# --- the packaged models ----------------------------------------------------------------------
+
+
+def _train_text_script():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_text", root / "scripts/train_text.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_text_training_script_is_reproducible_and_matches_the_packaged_run(tmp_path):
+    script = _train_text_script()
+    out = [tmp_path / f"{name}.safetensors" for name in "ab"]
+    for path in out:
+        script.main(["--steps", "2", "--out", str(path)])
+    a, b = (load_token_models(path)[1] for path in out)
+    nets_a = load_token_models(out[0])[0]
+    nets_b = load_token_models(out[1])[0]
+    packaged_nets, packaged = load_token_models(checkpoints.packaged("text_models"))
+    assert (
+        set(nets_a)
+        == set(packaged_nets)
+        == {
+            f"{language}_{kind}"
+            for language in ("markov", "arithmetic")
+            for kind in ("diffusion", "autoregressive")
+        }
+    )
+    assert packaged["train"] == script.SETTINGS
+    for name in nets_a:
+        for key, value in nets_a[name].state_dict().items():
+            assert torch.equal(value, nets_b[name].state_dict()[key]), (name, key)
+        losses = a["models"][name]["losses"]
+        assert torch.equal(losses, b["models"][name]["losses"]) and len(losses) == 2
+        # the packaged run's first steps, bit for bit on the machine that trained it
+        first = packaged["models"][name]["losses"][:2]
+        torch.testing.assert_close(losses, first, rtol=1e-5, atol=0)
+        # equal sizes for the diffusion model and its autoregressive reference
+        assert packaged["models"][name]["parameters"] == sum(
+            p.numel() for p in packaged_nets[name].parameters()
+        )
+    for language in ("markov", "arithmetic"):
+        sizes = {
+            packaged["models"][f"{language}_{k}"]["parameters"]
+            for k in ("diffusion", "autoregressive")
+        }
+        assert len(sizes) == 1
+
+
+# --- the objectives ---------------------------------------------------------------------------
+
+
+def test_objectives_train_with_the_one_loop_and_refuse_bad_batches():
+    language = ArithmeticLanguage(digits=1)
+    data = language.sample(256, torch.Generator().manual_seed(0)).float()
+    config = TrainConfig(steps=3, batch_size=16, ema_decay=None)
+    for causal, objective in (
+        (False, MaskedDiffusionLoss(12, estimator="count")),
+        (False, MaskedDiffusionLoss(12)),
+        (True, AutoregressiveLoss(12)),
+    ):
+        torch.manual_seed(0)
+        net = TokenTransformer(12, language.length, dim=8, layers=1, heads=2, causal=causal)
+        run = train(net, data, objective, config, progress=False, device="cpu")
+        assert len(run.losses) == 3 and all(math.isfinite(v) for v in run.losses)
+        with pytest.raises(ValueError, match="batch must hold whole token ids 0..11"):
+            objective(net, data[:4] + 0.5, None, torch.Generator())
+        with pytest.raises(ValueError, match="batch must hold whole token ids 0..11"):
+            objective(net, data[:4] + 12, None, torch.Generator())
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        MaskedDiffusionLoss(12, estimator="order")

@@ -12,6 +12,7 @@ from diffusion_core.languages import (
     ArithmeticLanguage,
     MarkovLanguage,
     bits_per_token,
+    book_languages,
     check_tokens,
     distinct_ngrams,
     random_markov_language,
@@ -153,3 +154,13 @@ def test_bad_arguments_are_refused_by_name():
         language.posterior_marginals(torch.ones(1, 6, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="texts\\[0\\] must be a string of 9 tokens"):
         ArithmeticLanguage().encode(["1+1=2"])
+
+
+def test_book_languages_are_the_documented_ones():
+    languages = book_languages()
+    markov, arithmetic = languages["markov"], languages["arithmetic"]
+    assert (markov.vocab_size, markov.order, markov.length) == (8, 2, 12)
+    assert int((markov.transition > 0).sum(1).unique()) == 3  # three allowed continuations
+    assert arithmetic.digits == 2 and arithmetic.length == 9
+    again = book_languages()["markov"]
+    assert torch.equal(again.transition, markov.transition)  # drawn from a fixed seed
