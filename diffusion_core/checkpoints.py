@@ -48,6 +48,7 @@ __all__ = [
     "DIGITS_CLASSIFIER",
     "DIGITS_MODEL",
     "FORMAT",
+    "FEWSTEP_STUDENTS",
     "FORMAT_VERSION",
     "KINDS",
     "LATENT_MODEL",
@@ -68,6 +69,7 @@ TRAINING_STATE = "training_state"
 DIGITS_MODEL = "digits_model"
 LATENT_MODEL = "latent_model"
 DIGITS_CLASSIFIER = "digits_classifier"
+FEWSTEP_STUDENTS = "fewstep_students"
 SOUND_MODEL = "sound_model"
 SOUND_CLASSIFIER = "sound_classifier"
 TEXT_MODELS = "text_models"
@@ -76,6 +78,7 @@ KINDS = {
     DIGITS_MODEL: "a digits denoiser (scripts/train_digits.py)",
     LATENT_MODEL: "a latent diffusion model (scripts/train_latent.py)",
     DIGITS_CLASSIFIER: "the digits classifier (diffusion_core.images.digits_classifier)",
+    FEWSTEP_STUDENTS: "the distilled students of the 2-D mixture (scripts/train_students.py)",
     SOUND_MODEL: "the spoken-digit spectrogram denoiser (scripts/train_sound.py)",
     SOUND_CLASSIFIER: "the spoken-digit classifier (scripts/train_sound.py)",
     TEXT_MODELS: "the token diffusion and autoregressive models (scripts/train_text.py)",
