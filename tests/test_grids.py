@@ -108,3 +108,37 @@ def test_arguments_are_checked():
         from diffusion_core.schedules import RectifiedFlow
 
         grids.fit_grid(MODEL, RectifiedFlow(), 4)
+
+
+def test_power_grid_is_uniform_in_t_at_power_one_and_denser_near_the_data_above():
+    uniform = grids.power_grid(SCHEDULE, 5, 1.0, 1.0)
+    assert uniform.t.tolist()[:-1] == pytest.approx([1000.0, 750.25, 500.5, 250.75, 1.0])
+    assert float(uniform.t[-1]) == 0.0
+    dense = grids.power_grid(SCHEDULE, 5, 2.0, 1.0)
+    gaps = (-dense.t[:-1].diff()).tolist()
+    assert all(b < a for a, b in zip(gaps, gaps[1:], strict=False))
+    with pytest.raises(ValueError, match="t_end must be a finite number"):
+        grids.power_grid(SCHEDULE, 5, 1.0, 1000.0)
+    with pytest.raises(ValueError, match="power must be a finite number"):
+        grids.power_grid(SCHEDULE, 5, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("statistic", ["mean", "median"])
+def test_power_family_fit_beats_its_start_and_reports_its_statistic(statistic):
+    fit = grids.fit_grid(MODEL, SCHEDULE, 5, seed=4, family="power", statistic=statistic, **SMALL)
+    assert fit.error <= fit.start_error and fit.trials > 7
+    t = fit.grid.t[:-1]
+    # a member of the family: from t_max, its last noisy time in [t_min, t_max)
+    assert float(t[0]) == SCHEDULE.t_max and SCHEDULE.t_min <= float(t[-1]) < SCHEDULE.t_max
+    x = samplers.prior_sample(fit.grid, (32, 2), torch.Generator().manual_seed(4))
+    reference = samplers.flow_endpoint(MODEL, x, SCHEDULE, SCHEDULE.t_max, 100)
+    squared = (samplers.unipc(MODEL, x, fit.grid) - reference).square().sum(1)
+    value = squared.mean() if statistic == "mean" else squared.median()
+    assert float(value.sqrt()) == pytest.approx(fit.error, rel=1e-9)
+
+
+def test_fit_refuses_unknown_family_and_statistic():
+    with pytest.raises(ValueError, match="family must be one of"):
+        grids.fit_grid(MODEL, SCHEDULE, 3, family="spline", **SMALL)
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        grids.fit_grid(MODEL, SCHEDULE, 3, statistic="max", **SMALL)
