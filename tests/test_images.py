@@ -250,14 +250,14 @@ def test_training_script_is_reproducible_bit_for_bit(tmp_path):
     assert a["train"]["steps"] == 3 and a["train"]["label_dropout"] > 0
     # ... and its first steps are those of the committed run (bit for bit on the machine that
     # trained it; another CPU may round its convolutions differently in the last bits)
-    committed_path = ROOT / "checkpoints" / "digits_conditional.safetensors"
+    committed_path = checkpoints.packaged("digits_conditional")
     committed = checkpoints.load(committed_path, "digits_model")
     torch.testing.assert_close(a["losses"], committed["losses"][:3], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(images.DIGITS_MODELS))
 def test_committed_checkpoint_records_the_script_settings(name):
-    path = ROOT / "checkpoints" / f"digits_{name}.safetensors"
+    path = checkpoints.packaged(f"digits_{name}")
     net, metadata = images.load_digits_model(path)
     spec = images.DIGITS_MODELS[name]
     assert metadata["name"] == name

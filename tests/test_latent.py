@@ -35,7 +35,7 @@ from diffusion_core.nets import CrossAttention, TextUNet
 from diffusion_core.text import NULL_PROMPT, TextEncoder, Tokenizer, make_prompts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "checkpoints" / "latent_digits.safetensors"
+CHECKPOINT = checkpoints.packaged("latent_digits")
 sys.path.insert(0, str(ROOT / "scripts"))
 import train_latent  # noqa: E402
 
