@@ -47,11 +47,14 @@ from diffusion_core import (  # noqa: E402
     autoencoder,
     device,
     discrete,
+    flow,
     forward,
     grids,
     images,
     languages,
     latent,
+    likelihood,
+    losses,
     metrics,
     nets,
     parameterization,
@@ -102,6 +105,11 @@ LATENT = latent.LatentDiffusion(
     latent.LatentConfig(channels=(16, 16), text_dim=8, heads=2, T=100, steps=10, batch_size=4)
 )
 AFFINE = stability.affine_map("ddim", GRID, *stability.gaussian_denoiser_coefficients(GRID, 0, 1))
+RF = schedules.RectifiedFlow()
+RF_GRID = RF.grid(4)
+RF_FIELD = flow.exact_velocity(MIX, RF)
+RF_DENOISER = flow.flow_denoiser(RF_FIELD, RF)
+PATH = dict(scale=0.5, std=0.5, d_scale=-1.0, d_std=1.0)
 
 # name: (callable, valid keyword arguments as a factory)
 CASES = {
@@ -220,6 +228,10 @@ CASES = {
         lambda: dict(x=x2(), scale=0.5, std=0.8),
     ),
     "analytic.GaussianMixture.log_prob": (MIX.log_prob, lambda: dict(x=x2())),
+    "analytic.mixture_velocity": (
+        analytic.mixture_velocity,
+        lambda: dict(mixture=MIX, x=x2(), **PATH),
+    ),
     # parameterization
     "parameterization.as_denoiser": (
         parameterization.as_denoiser,
@@ -248,6 +260,22 @@ CASES = {
     "parameterization.exact_denoiser": (
         parameterization.exact_denoiser,
         lambda: dict(mixture=MIX),
+    ),
+    "parameterization.velocity_from_x0": (
+        parameterization.velocity_from_x0,
+        lambda: dict(x=x2(), x0=x2(), **PATH),
+    ),
+    "parameterization.velocity_from_eps": (
+        parameterization.velocity_from_eps,
+        lambda: dict(x=x2(), eps=x2(), **PATH),
+    ),
+    "parameterization.x0_from_velocity": (
+        parameterization.x0_from_velocity,
+        lambda: dict(x=x2(), u=x2(), **PATH),
+    ),
+    "parameterization.eps_from_velocity": (
+        parameterization.eps_from_velocity,
+        lambda: dict(x=x2(), u=x2(), **PATH),
     ),
     # samplers (the shared signature, and the options)
     **{
@@ -305,6 +333,111 @@ CASES = {
     "samplers.exact_conditional_denoiser(call)": (
         samplers.exact_conditional_denoiser(MIX),
         lambda: dict(x=x2(), point=GRID[2], labels=torch.zeros(8, dtype=torch.long)),
+    ),
+    # flow matching and the likelihood through the flow
+    "flow.path_coefficients": (
+        flow.path_coefficients,
+        lambda: dict(process=RF, t=torch.tensor([0.2, 0.5])),
+    ),
+    "flow.velocity_field": (flow.velocity_field, lambda: dict(model=EXACT, process=RF)),
+    "flow.velocity_field(call)": (flow.velocity_field(EXACT, RF), lambda: dict(x=x2(), t=0.5)),
+    "flow.flow_denoiser": (flow.flow_denoiser, lambda: dict(field=RF_FIELD, process=RF)),
+    "flow.flow_denoiser(call)": (RF_DENOISER, lambda: dict(x=x2(), point=RF_GRID[2])),
+    "flow.network_velocity": (
+        flow.network_velocity,
+        lambda: dict(net=TINY, time_scale=1000.0),
+    ),
+    "flow.network_velocity(call)": (
+        flow.network_velocity(TINY),
+        lambda: dict(x=torch.randn(4, 2), t=0.5),
+    ),
+    "flow.exact_velocity": (flow.exact_velocity, lambda: dict(mixture=MIX, process=RF)),
+    "flow.exact_velocity(call)": (RF_FIELD, lambda: dict(x=x2(), t=0.5)),
+    "flow.ot_couple": (flow.ot_couple, lambda: dict(x0=x2(), noise=x2(8) * 2)),
+    "flow.reflow_pairs": (
+        flow.reflow_pairs,
+        lambda: dict(sampler=samplers.euler, model=RF_DENOISER, noise=x2(), grid=RF_GRID),
+    ),
+    "flow.flow_path": (
+        flow.flow_path,
+        lambda: dict(sampler=samplers.euler, model=RF_DENOISER, x=x2(), grid=RF_GRID),
+    ),
+    "flow.straightness": (
+        flow.straightness,
+        lambda: dict(
+            path=torch.randn(4, 8, 2, generator=gen(4), dtype=F64),
+            t=torch.linspace(1, 0, 4, dtype=F64),
+        ),
+    ),
+    "likelihood.divergence": (
+        likelihood.divergence,
+        lambda: dict(field=RF_FIELD, x=x2(), t=0.5),
+    ),
+    "likelihood.hutchinson_divergence": (
+        likelihood.hutchinson_divergence,
+        lambda: dict(field=RF_FIELD, x=x2(), t=0.5, probe=x2().sign()),
+    ),
+    "likelihood.rademacher": (
+        likelihood.rademacher,
+        lambda: dict(shape=(4, 2), generator=gen(), dtype=F64),
+    ),
+    "likelihood.log_likelihood": (
+        likelihood.log_likelihood,
+        lambda: dict(field=RF_FIELD, x=x2(4), process=RF, steps=4),
+    ),
+    "likelihood.log_likelihood(probe)": (
+        likelihood.log_likelihood,
+        lambda: dict(field=RF_FIELD, x=x2(4), process=RF, steps=4, probe=x2(4).sign()),
+    ),
+    "likelihood.dequantize": (
+        likelihood.dequantize,
+        lambda: dict(x=x2(), bin_width=0.1, generator=gen()),
+    ),
+    "likelihood.bits_per_dim": (
+        likelihood.bits_per_dim,
+        lambda: dict(log_likelihood=torch.tensor([-3.0, -2.0]), dim=2, bin_width=1 / 128),
+    ),
+    "losses.sample_flow_time": (
+        losses.sample_flow_time,
+        lambda: dict(n=8, generator=gen(), sampler="logit_normal", location=0.5, spread=1.0),
+    ),
+    "losses.flow_matching_target": (
+        losses.flow_matching_target,
+        lambda: dict(x0=x2(), noise=x2(), d_scale=-1.0, d_std=1.0),
+    ),
+    "losses.flow_matching_loss": (
+        losses.flow_matching_loss,
+        lambda: dict(
+            net=TINY,
+            x0=torch.randn(4, 2),
+            noise=torch.randn(4, 2),
+            t=torch.tensor([0.1, 0.4, 0.6, 0.9]),
+            process=RF,
+            time_scale=1000.0,
+        ),
+    ),
+    "losses.flow_matching_eps_weight": (
+        losses.flow_matching_eps_weight,
+        lambda: dict(process=RF, t=torch.tensor([0.2, 0.5])),
+    ),
+    "losses.FlowMatchingLoss": (
+        losses.FlowMatchingLoss,
+        lambda: dict(
+            process=RF,
+            time_sampler="logit_normal",
+            location=0.5,
+            spread=1.0,
+            coupling="ot",
+            time_scale=1000.0,
+        ),
+    ),
+    "losses.FlowMatchingLoss(call)": (
+        losses.FlowMatchingLoss(coupling="ot"),
+        lambda: dict(net=TINY, batch=torch.randn(4, 2), labels=None, generator=gen()),
+    ),
+    "losses.FlowMatchingLoss(given)": (
+        losses.FlowMatchingLoss(coupling="given"),
+        lambda: dict(net=TINY, batch=torch.randn(4, 2, 2), labels=None, generator=gen()),
     ),
     # metrics
     "metrics.sliced_wasserstein": (

@@ -43,7 +43,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from diffusion_core import analytic
-from diffusion_core._validation import as_tensor, check_callable, check_float, check_number
+from diffusion_core._validation import (
+    MAX_COUNT,
+    as_tensor,
+    check_callable,
+    check_float,
+    check_number,
+)
 from diffusion_core.parameterization import velocity_from_x0, x0_from_velocity
 from diffusion_core.schedules import GridPoint, Process, TimeGrid
 
@@ -69,13 +75,22 @@ def _check_process(process) -> Process:
 
 
 def _time(t) -> torch.Tensor:
-    """One time for the whole batch: a number or a one-element tensor, as a 0-d float64."""
+    """One time for the whole batch: a finite number in [0, MAX_COUNT] or a one-element tensor
+    holding one, as a 0-d float64 (read once on the host: a field is called once per step)."""
     if isinstance(t, bool) or not isinstance(t, int | float | torch.Tensor):
         raise TypeError(f"t must be a number or a 0-d tensor, got {type(t).__name__}")
     t = torch.as_tensor(t, dtype=F64).detach().cpu()
     if t.numel() != 1:
         raise ValueError(f"t must be one time, a 0-d tensor, got shape {tuple(t.shape)}")
-    return t.reshape(())
+    t = t.reshape(())
+    check_number("t", t, 0.0, MAX_COUNT)
+    return t
+
+
+def _check_point(point) -> GridPoint:
+    if not isinstance(point, GridPoint):
+        raise TypeError(f"point must be a GridPoint, got {type(point).__name__}")
+    return point
 
 
 def path_coefficients(process: Process, t) -> tuple[torch.Tensor, ...]:
@@ -141,6 +156,7 @@ def flow_denoiser(field: Callable, process: Process) -> Callable:
     _check_process(process)
 
     def model(x: torch.Tensor, point) -> torch.Tensor:
+        _check_point(point)
         _, _, d_scale, d_std = (float(c) for c in path_coefficients(process, point.t))
         u = field(x, point.t)
         return x0_from_velocity(x, u, point.scale, point.std, d_scale, d_std)
@@ -193,7 +209,13 @@ def ot_couple(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             f"x0 and noise must have one shape (n, ...) with a batch axis, got "
             f"{tuple(x0.shape)} and {tuple(noise.shape)}"
         )
-    cost = torch.cdist(x0.flatten(1).double(), noise.flatten(1).double()).square()
+    data, points = x0.flatten(1).double(), noise.flatten(1).double()
+    size = float(torch.cat([data, points]).abs().max()) if data.numel() else 0.0
+    if size > 1e100:
+        # The plan is unchanged by a common rescaling, which keeps the squared costs of huge
+        # coordinates finite.
+        data, points = data / size, points / size
+    cost = torch.cdist(data, points).square()
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     order = torch.as_tensor(cols[rows.argsort()], device=noise.device)
     return noise[order]
@@ -209,8 +231,13 @@ def reflow_pairs(
     cross less, so they are straighter and fewer steps suffice."""
     check_callable("sampler", sampler, "sampler(model, x, grid) -> x0")
     noise = check_float("noise", noise)
+    if noise.ndim < 2 or noise.shape[0] < 1:
+        raise ValueError(f"noise must have shape (n, ...) with n >= 1, got {tuple(noise.shape)}")
     with torch.no_grad():
-        samples = sampler(model, noise, grid)
+        try:
+            samples = sampler(model, noise, grid)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"sampler(model, noise, grid) refused its input: {err}") from err
     return torch.stack([samples.to(noise.dtype), noise], dim=1)
 
 
@@ -252,7 +279,19 @@ def straightness(path: torch.Tensor, t) -> torch.Tensor:
     if bool((dt == 0).any()):
         raise ValueError("t must not repeat a time: each step needs a non-zero duration")
     path = path.to(F64).flatten(2)
+    # S is quadratic in the path: huge coordinates are rescaled so that only a straightness
+    # that is itself beyond float64 overflows.
+    size = float(path.abs().max()) if path.numel() else 0.0
+    size = size if size > 1e100 else 1.0
+    path = path / size
     chord = (path[-1] - path[0]) / (t[-1] - t[0])
     speeds = path.diff(dim=0) / dt[:, None, None]
     deviation = (speeds - chord).square().mean(2)  # (K, n)
-    return (dt.abs()[:, None] * deviation).sum(0) / abs(float(t[-1] - t[0]))
+    s = (dt.abs()[:, None] * deviation).sum(0) / abs(float(t[-1] - t[0])) * size * size
+    if not bool(torch.isfinite(s).all()):
+        largest = float(path.abs().max()) * size
+        raise ValueError(
+            f"path and t give a straightness beyond float64: path reaches {largest:.3g} with "
+            f"steps of t as short as {float(dt.abs().min()):.3g}; rescale path or t"
+        )
+    return s

@@ -32,10 +32,13 @@ from collections.abc import Callable
 import torch
 
 from diffusion_core._validation import (
+    MAX_LEVEL,
+    as_tensor,
     check_callable,
     check_float,
     check_number,
     check_positive_int,
+    check_shape,
     check_torch_generator,
 )
 from diffusion_core.schedules import Process
@@ -53,12 +56,33 @@ F64 = torch.float64
 MAX_ODE_STEPS = 100_000
 
 
+def _check_level(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A finite floating-point tensor whose entries are at most MAX_LEVEL in magnitude: the
+    divergence and the prior square them."""
+    x = check_float(name, x)
+    if x.numel() and float(x.abs().max()) > MAX_LEVEL:
+        raise ValueError(
+            f"{name} must have entries of magnitude at most {MAX_LEVEL:g}, "
+            f"got {float(x.abs().max()):.3g}"
+        )
+    return x
+
+
 def _check_field_input(field, x) -> torch.Tensor:
     check_callable("field", field, "field(x, t) -> u")
-    x = check_float("x", x)
+    x = _check_level("x", x)
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
     return x
+
+
+def _check_probe(probe, x: torch.Tensor) -> torch.Tensor:
+    probe = _check_level("probe", probe)
+    if probe.shape != x.shape:
+        raise ValueError(
+            f"probe must have the shape of x {tuple(x.shape)}, got {tuple(probe.shape)}"
+        )
+    return probe
 
 
 def _field_and_jacobian_products(field, x, t, probes) -> tuple[torch.Tensor, list]:
@@ -98,22 +122,20 @@ def hutchinson_divergence(field: Callable, x: torch.Tensor, t, probe: torch.Tens
     x with E[z z^T] = I (:func:`rademacher`, or Gaussian): unbiased, one vector-Jacobian
     product whatever the dimension (Hutchinson 1989; Grathwohl et al. 2019)."""
     x = _check_field_input(field, x)
-    probe = check_float("probe", probe)
-    if probe.shape != x.shape:
-        raise ValueError(
-            f"probe must have the shape of x {tuple(x.shape)}, got {tuple(probe.shape)}"
-        )
+    probe = _check_probe(probe, x)
     _, (product,) = _field_and_jacobian_products(field, x, t, [probe])
     return (product * probe.to(product.dtype)).flatten(1).sum(1).detach()
 
 
 def rademacher(shape, generator: torch.Generator, dtype=F64) -> torch.Tensor:
-    """A probe of independent signs +-1 with probability 1/2 each, drawn from ``generator``."""
+    """A probe of independent signs +-1 with probability 1/2 each, drawn from ``generator``,
+    of the floating-point ``dtype``."""
     check_torch_generator("generator", generator)
-    if not isinstance(shape, tuple | list | torch.Size) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
-    ):
+    if isinstance(shape, int):
         raise ValueError(f"shape must be a tuple of positive ints, got {shape!r}")
+    shape = check_shape("shape", shape)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     bits = torch.randint(0, 2, tuple(shape), generator=generator, device=generator.device)
     return (2 * bits - 1).to(dtype)
 
@@ -140,11 +162,7 @@ def log_likelihood(
         raise TypeError(f"process must be a Process, got {type(process).__name__}")
     steps = check_positive_int("steps", steps, maximum=MAX_ODE_STEPS)
     if probe is not None:
-        probe = check_float("probe", probe)
-        if probe.shape != x.shape:
-            raise ValueError(
-                f"probe must have the shape of x {tuple(x.shape)}, got {tuple(probe.shape)}"
-            )
+        probe = _check_probe(probe, x)
     t_max = float(process.t_max)
     scale_1, std_1 = (float(v) for v in process.marginal(torch.tensor(t_max, dtype=F64)))
     if scale_1 != 0:
@@ -191,7 +209,7 @@ def bits_per_dim(log_likelihood, dim: int, bin_width: float) -> torch.Tensor:
     """-(log p(x) + dim log bin_width) / (dim log 2): the bits per dimension of discrete data
     whose dequantised values have the continuous log-density ``log_likelihood`` (an upper bound
     on -log2 P(x) / dim, by Jensen's inequality over the dequantisation noise). float64."""
-    ll = check_float("log_likelihood", torch.as_tensor(log_likelihood, dtype=F64))
+    ll = check_float("log_likelihood", as_tensor("log_likelihood", log_likelihood, F64))
     dim = check_positive_int("dim", dim)
     bin_width = check_number("bin_width", bin_width, 0.0, 1e6, low_open=True)
     return -(ll + dim * math.log(bin_width)) / (dim * math.log(2))

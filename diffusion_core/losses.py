@@ -52,8 +52,10 @@ import torch
 
 from diffusion_core import distributed
 from diffusion_core._validation import (
+    MAX_LEVEL,
     as_tensor,
     check_batch,
+    check_callable,
     check_float,
     check_labels,
     check_number,
@@ -406,6 +408,11 @@ def flow_matching_target(x0: torch.Tensor, noise: torch.Tensor, d_scale, d_std) 
             raise ValueError(
                 f"{name} must be a number or have shape ({x0.shape[0]},), got {tuple(value.shape)}"
             )
+        if value.numel() and float(value.abs().max()) > MAX_LEVEL:
+            raise ValueError(
+                f"{name} must lie in [-{MAX_LEVEL:g}, {MAX_LEVEL:g}], "
+                f"got {float(value.abs().max()):.3g} in magnitude"
+            )
     d_scale, d_std = d_scale.to(x0.device), d_std.to(x0.device)
     u = per_sample(d_scale, x0) * x0.double() + per_sample(d_std, x0) * noise.double()
     return u.to(x0.dtype)
@@ -424,6 +431,7 @@ def flow_matching_loss(
     so both have one minimiser, the marginal velocity u_t(x) = E[u | x_t = x] (their Thm. 2).
     ``t``: (n,) float times of ``process`` (see :func:`sample_flow_time`).
     """
+    check_callable("net", net, "net(x_t, t) -> u")
     x0, noise = check_float("x0", x0), check_float("noise", noise)
     if x0.ndim < 2 or noise.shape != x0.shape:
         raise ValueError(
@@ -436,7 +444,12 @@ def flow_matching_loss(
     time_scale = check_number("time_scale", time_scale, 0.0, 1e6, low_open=True)
     scale, std, d_scale, d_std = (c.to(x0.device) for c in path_coefficients(process, t.cpu()))
     x_t = (per_sample(scale, x0) * x0.double() + per_sample(std, x0) * noise.double()).to(x0.dtype)
-    out = net(x_t, (time_scale * t).to(x0.device))
+    try:
+        out = net(x_t, (time_scale * t).to(x0.device))
+    except (TypeError, ValueError) as err:
+        raise type(err)(
+            f"net refused x_t, shaped like x0 (the data batch) {tuple(x0.shape)}: {err}"
+        ) from err
     if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"net must return a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
@@ -454,8 +467,14 @@ def flow_matching_eps_weight(process, t) -> torch.Tensor:
     (:func:`diffusion_core.parameterization.velocity_from_eps`). For rectified flow
     w(t) = 1 / (1 - t)^2: flow matching is the eps-loss with its weight growing without bound
     towards the noise, where eps-prediction is useless (Esser et al. 2024, Sec. 3; Kingma &
-    Gao 2023). float64, shaped like ``t``."""
+    Gao 2023). float64, shaped like ``t``; infinite at scale = 0 (pure noise), so a time
+    there is refused."""
     scale, std, d_scale, d_std = path_coefficients(process, t)
+    if bool((scale == 0).any()):
+        raise ValueError(
+            "t must lie where scale(t) > 0: the weight is infinite at pure noise, got "
+            f"scale(t) = 0 at {int((scale == 0).sum())} of the times"
+        )
     return ((scale * d_std - std * d_scale) / scale).square()
 
 

@@ -20,7 +20,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffusion_core import analytic, forward, metrics, parameterization, schedules, stability
+from diffusion_core import (
+    analytic,
+    flow,
+    forward,
+    likelihood,
+    losses,
+    metrics,
+    parameterization,
+    schedules,
+    stability,
+)
 from diffusion_core.nets import MLPDenoiser, UNet
 
 F64 = torch.float64
@@ -122,6 +132,37 @@ CALLS = {
     ),
     "MLPDenoiser": (MLPDenoiser, lambda: {"hidden": 8, "depth": 1, "time_dim": 4}, None, True),
     "UNet": (UNet, lambda: {"channels": (4, 8), "attention": False, "groups": 2}, None, True),
+    "ot_couple": (flow.ot_couple, lambda: {"x0": x2(), "noise": 3 * x2()}, (6, 2), True),
+    "straightness": (
+        flow.straightness,
+        lambda: {"path": torch.stack([x2(), 2 * x2(), x2() ** 2]), "t": [1.0, 0.5, 0.0]},
+        (6,),
+        True,
+    ),
+    "flow_matching_target": (
+        losses.flow_matching_target,
+        lambda: {"x0": x2(), "noise": 2 * x2(), "d_scale": -1.0, "d_std": 1.0},
+        (6, 2),
+        True,
+    ),
+    "rademacher": (
+        likelihood.rademacher,
+        lambda: {"shape": (3, 2), "generator": torch.Generator().manual_seed(0), "dtype": F64},
+        lambda kwargs: tuple(kwargs["shape"]),
+        True,
+    ),
+    "dequantize": (
+        likelihood.dequantize,
+        lambda: {"x": x2(), "bin_width": 0.1, "generator": torch.Generator().manual_seed(0)},
+        lambda kwargs: tuple(kwargs["x"].shape),
+        True,
+    ),
+    "bits_per_dim": (
+        likelihood.bits_per_dim,
+        lambda: {"log_likelihood": torch.tensor([-3.0, -2.0]), "dim": 2, "bin_width": 1 / 128},
+        None,
+        True,
+    ),
 }
 
 numbers = st.one_of(

@@ -342,6 +342,8 @@ def test_the_exact_rectified_flow_is_not_straight_but_reflow_pairs_are_its_endpo
 # -------------------------------------------------------------------- argument checks
 
 X = torch.zeros(4, 2, dtype=F64)
+IDENTITY = lambda x, t: x  # noqa: E731 - a field, net or denoiser that returns its input
+RF_EXACT = flow.flow_denoiser(flow.exact_velocity(default_mixture_2d(), RF), RF)
 BAD_CALLS = [
     (flow.path_coefficients, ("not a process", 0.5), TypeError, "process"),
     (flow.path_coefficients, (RF, 1.5), ValueError, "t"),
@@ -375,10 +377,23 @@ BAD_CALLS = [
     (losses.sample_flow_time, (4, gen(0), "logit_normal", math.nan), ValueError, "location"),
     (losses.flow_matching_target, (X, torch.zeros(4, 3), 1, 1), ValueError, "noise"),
     (losses.flow_matching_target, (X, X, torch.zeros(3), 1), ValueError, "d_scale"),
-    (losses.flow_matching_loss, (None, X, X, torch.zeros(3), RF), ValueError, "t"),
-    (losses.flow_matching_loss, (None, X, X, torch.zeros(4), RF, 0), ValueError, "time_scale"),
+    (losses.flow_matching_loss, (IDENTITY, X, X, torch.zeros(3), RF), ValueError, "t"),
+    (losses.flow_matching_loss, (IDENTITY, X, X, torch.zeros(4), RF, 0), ValueError, "time_scale"),
     (losses.flow_matching_loss, (lambda x, t: x[:2], X, X, torch.zeros(4), RF), ValueError, "net"),
+    (losses.flow_matching_loss, (None, X, X, torch.zeros(4), RF), TypeError, "net"),
     (losses.flow_matching_eps_weight, ("rf", 0.5), TypeError, "process"),
+    # a time that is not finite, or at which the weight is infinite
+    (flow.network_velocity(IDENTITY), (X, math.nan), ValueError, "t"),
+    (flow.network_velocity(IDENTITY), (X, 1e308), ValueError, "t"),
+    (flow.exact_velocity(default_mixture_2d(), RF), (X, -math.inf), ValueError, "t"),
+    (losses.flow_matching_eps_weight, (RF, [0.5, 1.0]), ValueError, "t"),
+    # a grid point that is not one, and errors raised by what the function calls
+    (flow.flow_denoiser(IDENTITY, RF), (X, None), TypeError, "point"),
+    (flow.flow_denoiser(IDENTITY, RF), (X, [0.5, 0.5, 0.5]), TypeError, "point"),
+    (flow.reflow_pairs, (samplers.euler, RF_EXACT, X[:0], RF.grid(2)), ValueError, "noise"),
+    (flow.reflow_pairs, (samplers.euler, RF_EXACT, X[:, :, None], RF.grid(2)), ValueError, "noise"),
+    (losses.flow_matching_target, (X, X, 1e200, 1), ValueError, "d_scale"),
+    (losses.flow_matching_target, (X, X, 1, -1e300 * X[:, 0].exp()), ValueError, "d_std"),
 ]
 
 
@@ -402,6 +417,25 @@ def test_bad_arguments_are_refused_by_name(function, args, error, name):
 def test_flow_matching_objective_refuses_bad_settings(kwargs, error, name):
     with pytest.raises(error, match=name):
         losses.FlowMatchingLoss(**kwargs)
+
+
+def test_ot_couple_pairs_huge_coordinates_as_it_pairs_their_rescaled_copies():
+    # The squared costs of coordinates near 1e200 overflow; the plan is scale-invariant.
+    x0 = torch.randn(16, 3, generator=gen(0), dtype=F64)
+    noise = torch.randn(16, 3, generator=gen(1), dtype=F64)
+    paired = flow.ot_couple(x0, noise)
+    torch.testing.assert_close(flow.ot_couple(x0 * 1e200, noise * 1e200), paired * 1e200)
+    assert torch.isfinite(flow.ot_couple(x0 * 1e300, noise)).all()
+
+
+def test_errors_of_the_network_name_the_batch_they_came_from():
+    # The network refuses x_t of the wrong shape; the message says that x_t is the data batch.
+    net = MLPDenoiser(data_dim=2, hidden=8, depth=1, time_dim=4)
+    for coupling, batch in (("ot", torch.zeros(4, 2, 1)), ("given", torch.zeros(4, 2, 2, 1))):
+        with pytest.raises(ValueError, match="batch"):
+            losses.FlowMatchingLoss(coupling=coupling)(net, batch, None, gen(0))
+    with pytest.raises(TypeError, match="net"):
+        losses.FlowMatchingLoss()("net", torch.zeros(4, 2), None, gen(0))
 
 
 def test_objective_refuses_batches_of_the_wrong_shape():

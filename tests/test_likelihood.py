@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diffusion_core import flow
+from diffusion_core._validation import MAX_LEVEL
 from diffusion_core.analytic import default_mixture_2d, gaussian
 from diffusion_core.likelihood import (
     bits_per_dim,
@@ -147,7 +148,29 @@ BAD_CALLS = [
     (bits_per_dim, (torch.zeros(2), 0, 0.1), ValueError, "dim"),
     (bits_per_dim, (torch.zeros(2), 2, -1.0), ValueError, "bin_width"),
     (bits_per_dim, (torch.tensor([math.nan]), 2, 0.1), ValueError, "log_likelihood"),
+    (bits_per_dim, (None, 2, 0.1), TypeError, "log_likelihood"),
+    (bits_per_dim, ("x", 2, 0.1), TypeError, "log_likelihood"),
+    # sizes beyond memory, and dtypes a probe cannot have
+    (rademacher, ((10**9, 10**9), gen(0)), ValueError, "shape"),
+    (rademacher, ((2, 2), gen(0), "float64"), TypeError, "dtype"),
+    (rademacher, ((2, 2), gen(0), torch.int64), TypeError, "dtype"),
+    # coordinates whose squares overflow: a NaN divergence or log-likelihood before
+    (divergence, (_identity, X + 1e200, 0.5), ValueError, "x"),
+    (hutchinson_divergence, (_identity, X, 0.5, X + 1e200), ValueError, "probe"),
+    (log_likelihood, (_identity, X - 1e200, RF, 4), ValueError, "x"),
+    (log_likelihood, (_identity, X, RF, 4, X + 1e200), ValueError, "probe"),
 ]
+
+
+def test_huge_but_allowed_coordinates_give_finite_answers(mixture):
+    # At the bound on x and on the probe (MAX_LEVEL), the answers are still finite.
+    field = flow.exact_velocity(mixture, RF)
+    x = rademacher((4, 2), gen(5)) * MAX_LEVEL
+    assert torch.isfinite(divergence(field, x, 0.5)).all()
+    assert torch.isfinite(log_likelihood(field, x, RF, steps=4)).all()
+    probe = rademacher(x.shape, gen(6)) * MAX_LEVEL
+    assert torch.isfinite(hutchinson_divergence(field, x / MAX_LEVEL, 0.5, probe)).all()
+    assert torch.isfinite(log_likelihood(field, x / MAX_LEVEL, RF, steps=4, probe=probe)).all()
 
 
 @pytest.mark.parametrize("function, args, error, name", BAD_CALLS)
