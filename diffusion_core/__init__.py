@@ -14,6 +14,8 @@ Modules, in the order data flows through them:
   each one step rule applied by one loop, the higher-order multistep solvers included;
 - :mod:`~diffusion_core.grids`: the classical time grids and a grid fitted to a model for
   sampling in a few steps;
+- :mod:`~diffusion_core.distill`: progressive distillation, a sampler taught to a network that
+  takes half its steps;
 - :mod:`~diffusion_core.flow`, :mod:`~diffusion_core.likelihood`: the same transport as a
   velocity field (flow matching, rectified flow, reflow, optimal-transport couplings) and the
   log-likelihood of data through the probability-flow ODE;
