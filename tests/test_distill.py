@@ -1,6 +1,8 @@
 """Progressive distillation: the targets' algebra, one round against its teacher, the errors."""
 
+import importlib.util
 import math
+import pathlib
 
 import pytest
 import torch
@@ -135,3 +137,21 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     checkpoints.save(path, {"x": torch.zeros(1)}, checkpoints.TRAINING_STATE)
     with pytest.raises(checkpoints.CheckpointError, match="not the distilled students"):
         distill.load_students(path)
+
+
+def test_the_training_script_is_deterministic():
+    """scripts/train_students.py, every round shortened to 5 steps, twice: the same students
+    bit for bit, of the kinds and sizes the packaged checkpoint holds."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_students.py"
+    spec = importlib.util.spec_from_file_location("train_students", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    first, second = (script.train_students(steps=5, log=lambda _: None) for _ in range(2))
+    assert sorted(first["students"]) == ["steps_1", "steps_2", "steps_4", "steps_8"]
+    for name, weights in first["students"].items():
+        for key, value in weights.items():
+            assert torch.equal(value, second["students"][name][key]), (name, key)
+    packaged = checkpoints.load(
+        checkpoints.packaged("fewstep_students"), checkpoints.FEWSTEP_STUDENTS
+    )
+    assert packaged["net"] == first["net"] and packaged["parameters"] == first["parameters"]
