@@ -202,7 +202,7 @@ def to_waveform(spectrogram, iterations: int = GRIFFIN_LIM_ITERATIONS, seed: int
     spectrogram = _check_spectrogram("spectrogram", spectrogram)
     iterations = check_positive_int("iterations", iterations, maximum=1000)
     seed = check_positive_int("seed", seed, minimum=0, maximum=2**32 - 1)
-    power = np.linalg.pinv(_mel_filters()) @ librosa.db_to_power(spectrogram)
+    power = _mel_pseudo_inverse() @ librosa.db_to_power(spectrogram)
     magnitude = np.sqrt(np.maximum(power, 0.0))
     return librosa.griffinlim(
         magnitude,
@@ -220,6 +220,12 @@ def _mel_filters() -> np.ndarray:
     import librosa
 
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=F_MAX)
+
+
+@functools.cache
+def _mel_pseudo_inverse() -> np.ndarray:
+    """The Moore-Penrose pseudo-inverse (N_FFT // 2 + 1, N_MELS) of the mel filter bank."""
+    return np.linalg.pinv(_mel_filters())
 
 
 def to_unit(spectrogram: torch.Tensor) -> torch.Tensor:
@@ -514,9 +520,10 @@ class SpectrogramDenoiser(nn.Module):
 
 
 SOUND_MODEL = {
-    "net": {"patch": 4, "channels": [32, 64], "blocks": 1, "attention": False},
+    "net": {"patch": 4, "channels": [64, 128], "blocks": 1, "attention": False},
     "train": {
-        "steps": 1000,
+        "prediction": "v",
+        "steps": 1200,
         "batch_size": 32,
         "lr": 2e-3,
         "ema_decay": 0.995,
@@ -528,7 +535,8 @@ SOUND_MODEL = {
 }
 """The spectrogram denoiser of the chapter (:class:`SpectrogramDenoiser`), conditioned on
 :func:`condition_label` (the null class NUM_CONDITIONS for classifier-free guidance), trained
-with the simple eps-loss under DDPM's linear schedule on the clips of :data:`MODEL_VOICES`
+to predict v (Salimans & Ho 2022) under DDPM's linear schedule on the clips of
+:data:`MODEL_VOICES`
 (``scripts/train_sound.py``)."""
 
 
@@ -572,11 +580,13 @@ def generate(
     guidance: float,
     steps: int,
     generator: torch.Generator,
+    prediction: str = SOUND_MODEL["train"]["prediction"],
 ) -> torch.Tensor:
     """Clips (n, 1, N_MELS, FRAMES) in [-1, 1] for the conditions ``labels`` (n,) of
     :func:`condition_label`: classifier-free guidance with weight ``guidance`` around the
-    eps-network seen as a denoiser, sampled by DDIM (eta = 0) over ``steps`` (1..1000) evenly
-    spaced steps of :func:`sound_schedule`, from noise drawn with ``generator``."""
+    network (predicting ``prediction``: "eps", "x0" or "v") seen as a denoiser, sampled by
+    DDIM (eta = 0) over ``steps`` (1..1000) evenly spaced steps of :func:`sound_schedule`,
+    from noise drawn with ``generator``."""
     from diffusion_core import samplers
     from diffusion_core.parameterization import as_denoiser
 
@@ -587,16 +597,17 @@ def generate(
     grid = sound_schedule().grid(steps)
     noise = samplers.prior_sample(grid, (len(labels), 1, N_MELS, FRAMES), generator)
     guided = samplers.classifier_free_guidance(
-        as_denoiser(net, "eps"), guidance, labels, net.null_label
+        as_denoiser(net, prediction), guidance, labels, net.null_label
     )
     return samplers.ddim(guided, noise.float(), grid).float().clamp(-1, 1)
 
 
-def clip_pitches(clips: torch.Tensor) -> torch.Tensor:
+def clip_pitches(clips: torch.Tensor, iterations: int = GRIFFIN_LIM_ITERATIONS) -> torch.Tensor:
     """The :func:`pitch` (Hz) of each clip (n, 1, N_MELS, FRAMES) in [-1, 1], heard through
-    :func:`to_waveform`: the same path for real and generated clips, float64 (n,)."""
+    :func:`to_waveform` with ``iterations`` of Griffin-Lim: the same path for real and
+    generated clips, float64 (n,)."""
     clips = _check_clips("clips", clips)
     return torch.tensor(
-        [pitch(to_waveform(from_unit(clip[0]).numpy())) for clip in clips],
+        [pitch(to_waveform(from_unit(clip[0]).numpy(), iterations)) for clip in clips],
         dtype=torch.float64,
     )
