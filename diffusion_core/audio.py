@@ -569,7 +569,7 @@ def load_sound_model(path=None) -> tuple[SpectrogramDenoiser, dict]:
     state = checkpoints.load(path, checkpoints.SOUND_MODEL)
     with torch.random.fork_rng(devices=[]):
         net = build_sound_net(state["net"])
-    net.load_state_dict(state["ema"])
+    net.load_state_dict({name: value.float() for name, value in state["ema"].items()})
     return net.eval().requires_grad_(False), {k: v for k, v in state.items() if k != "ema"}
 
 
