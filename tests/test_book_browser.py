@@ -427,6 +427,26 @@ ANIMATION_REPORT = """async () => {
   return problems;
 }"""
 
+# Each audio player loads its clip from the page itself (a data: URL, no network) and reads
+# the clip's header: its duration is known once the metadata has loaded.
+AUDIO_REPORT = """async () => {
+  const players = [...document.querySelectorAll('audio')];
+  const load = (audio) => new Promise((resolve) => {
+    if (audio.readyState >= 1) return resolve();
+    audio.addEventListener('loadedmetadata', () => resolve(), {once: true});
+    audio.addEventListener('error', () => resolve(), {once: true});
+    audio.preload = 'metadata';
+    audio.load();
+    setTimeout(resolve, 5000);
+  });
+  await Promise.all(players.map(load));
+  return players.map((audio) => ({
+    src: (audio.currentSrc || audio.querySelector('source')?.src || '').slice(0, 30),
+    duration: audio.duration,
+    error: audio.error ? audio.error.code : null,
+  }));
+}"""
+
 PROSE_SKIP = "PRE, CODE, KBD, TEXTAREA, MJX-CONTAINER, .math, .highlight, .cell_input"
 RAW_TEX = re.compile(r"\$\$|\\[()\[\]]|\\[A-Za-z]{2,}")
 # Characters that a stock Linux browser without an emoji font shows as empty boxes: the
@@ -492,6 +512,7 @@ def visit(browser, server: str, docname: str) -> dict:
         report["text"] = page.evaluate(TEXT_REPORT, PROSE_SKIP)
         report["icons"] = page.evaluate(ICON_REPORT)
         report["animations"] = page.evaluate(ANIMATION_REPORT)
+        report["audio"] = page.evaluate(AUDIO_REPORT)
         screenshot(page, f"{VIEWPORT['width']}/{docname}")
         page.set_viewport_size(PHONE)
         page.wait_for_timeout(100)  # let the theme's resize handlers run
@@ -565,6 +586,25 @@ def test_buttons_show_their_icons_and_animations_play(visits, docname):
     problems += [f"icon font {f['family']} {f['weight']}: {f['status']}" for f in fonts]
     problems = [p for p in problems if not p.endswith(": loaded")]
     problems += report["animations"]
+    assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_audio_players_load_their_clips_offline(visits, docname):
+    """Every audio player of a page plays a clip stored in the page (a data: URL): it loads
+    with no network and knows its duration. The sound chapter has players; its source embeds
+    them with IPython.display.Audio."""
+    players = visits(docname)["audio"]
+    source = source_of(docname).read_text()
+    if "display.Audio" in source or "Audio(" in source:
+        assert players, f"{docname} embeds audio, but the page has no audio element"
+    problems = [
+        f"audio player {i}: source {p['src']!r}, duration {p['duration']}, error {p['error']}"
+        for i, p in enumerate(players)
+        if not p["src"].startswith("data:audio/")
+        or p["error"] is not None
+        or not (p["duration"] and 0 < p["duration"] < 60)
+    ]
     assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
 
 

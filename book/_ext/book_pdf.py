@@ -9,9 +9,9 @@ exist, the menu has no such entry, so no build ever links a PDF it does not serv
 when it was made before them (as the publishing workflow does).
 
 In the PDF itself, an output that only HTML can show (an animation, stored as ``text/html``
-with IPython's placeholder ``<IPython.core.display.HTML object>`` as its plain text) is
-replaced by a sentence that sends the reader to the HTML edition, instead of printing the
-placeholder."""
+with IPython's placeholder ``<IPython.core.display.HTML object>`` as its plain text, or a sound
+clip, ``<IPython.lib.display.Audio object>``) is replaced by a sentence that sends the reader
+to the HTML edition, instead of printing the placeholder."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 BUTTON_LABEL = "download-book-pdf-button"
 HTML_ONLY = "<IPython.core.display.HTML object>"
+AUDIO_ONLY = "<IPython.lib.display.Audio object>"
 
 
 def built_pdf(app: Sphinx) -> pathlib.Path | None:
@@ -79,11 +80,11 @@ class ExplainHtmlOnlyOutputs(SphinxPostTransform):
 
     def run(self, **kwargs) -> None:
         for block in list(self.document.findall(nodes.literal_block)):
-            if block.astext().strip() == HTML_ONLY:
+            text = block.astext().strip()
+            if text in (HTML_ONLY, AUDIO_ONLY):
+                what = "An animation plays" if text == HTML_ONLY else "A sound clip plays"
                 note = nodes.paragraph()
-                note += nodes.emphasis(
-                    text="An animation plays here in the HTML edition of the book."
-                )
+                note += nodes.emphasis(text=f"{what} here in the HTML edition of the book.")
                 block.replace_self(note)
 
 
