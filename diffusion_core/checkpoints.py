@@ -47,6 +47,7 @@ import torch
 __all__ = [
     "DIGITS_CLASSIFIER",
     "DIGITS_MODEL",
+    "DIGITS_MODEL_SET",
     "FORMAT",
     "FEWSTEP_STUDENTS",
     "FORMAT_VERSION",
@@ -67,6 +68,7 @@ FORMAT = "diffusion_core.checkpoint"
 FORMAT_VERSION = 1
 TRAINING_STATE = "training_state"
 DIGITS_MODEL = "digits_model"
+DIGITS_MODEL_SET = "digits_model_set"
 LATENT_MODEL = "latent_model"
 DIGITS_CLASSIFIER = "digits_classifier"
 FEWSTEP_STUDENTS = "fewstep_students"
@@ -76,6 +78,7 @@ TEXT_MODELS = "text_models"
 KINDS = {
     TRAINING_STATE: "a training state (diffusion_core.train.train, resumable)",
     DIGITS_MODEL: "a digits denoiser (scripts/train_digits.py)",
+    DIGITS_MODEL_SET: "digits denoisers trained at equal budget (scripts/train_flow.py)",
     LATENT_MODEL: "a latent diffusion model (scripts/train_latent.py)",
     DIGITS_CLASSIFIER: "the digits classifier (diffusion_core.images.digits_classifier)",
     FEWSTEP_STUDENTS: "the distilled students of the 2-D mixture (scripts/train_students.py)",

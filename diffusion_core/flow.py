@@ -27,7 +27,9 @@ This module holds:
 - couplings of noise and data: minibatch optimal transport (:func:`ot_couple`, Tong et al.
   2024; Pooladian et al. 2023) and the pairs of reflow (:func:`reflow_pairs`, Liu et al. 2023);
 - the measure of how straight a flow is (:func:`straightness`) along a path recorded from a
-  sampler (:func:`flow_path`).
+  sampler (:func:`flow_path`);
+- the digits networks trained at equal budget with the eps-loss and with flow matching
+  (:func:`load_digits_model_set`, written by ``scripts/train_flow.py``).
 
 The training objective is :class:`diffusion_core.losses.FlowMatchingLoss`; the log-likelihood
 through the ODE is in :mod:`diffusion_core.likelihood`. Time ``t`` here is the process's own
@@ -42,7 +44,7 @@ from collections.abc import Callable
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from diffusion_core import analytic
+from diffusion_core import analytic, checkpoints
 from diffusion_core._validation import (
     MAX_COUNT,
     as_tensor,
@@ -57,6 +59,7 @@ __all__ = [
     "exact_velocity",
     "flow_denoiser",
     "flow_path",
+    "load_digits_model_set",
     "network_velocity",
     "ot_couple",
     "path_coefficients",
@@ -295,3 +298,37 @@ def straightness(path: torch.Tensor, t) -> torch.Tensor:
             f"steps of t as short as {float(dt.abs().min()):.3g}; rescale path or t"
         )
     return s
+
+
+# ------------------------------------------------------------------ trained digits models
+
+
+def load_digits_model_set(path=None) -> list[tuple[torch.nn.Module, dict]]:
+    """The networks of a checkpoint of kind "digits_model_set" (default: the packaged
+    ``digits_equal_budget``, eps-prediction and flow-matching U-Nets of ``scripts/train_flow.py``
+    trained on the same data with the same budget and seeds), each with its metadata.
+
+    The file stores the EMA weights in float16; they are read back into the float32 network of
+    :func:`diffusion_core.images.build_net`, in eval mode without gradients. The metadata of a
+    model is its record without the weights: ``"prediction"`` ("eps" or "velocity"),
+    ``"train"`` (steps, batch, learning rate, EMA, seed), ``"losses"``, ``"train_seconds"``.
+    Raises :class:`~diffusion_core.checkpoints.CheckpointError` (a ``ValueError`` naming the
+    file) for a file that is not such a checkpoint or whose weights do not fit their network.
+    """
+    from diffusion_core.images import build_net  # images -> losses -> flow: import on use
+
+    path = checkpoints.packaged("digits_equal_budget") if path is None else path
+    state = checkpoints.load(path, checkpoints.DIGITS_MODEL_SET)
+    models = []
+    try:
+        for record in state["models"]:
+            with torch.random.fork_rng(devices=[]):
+                net = build_net(record["net"])
+            net.load_state_dict({name: value.float() for name, value in record["ema"].items()})
+            metadata = {key: value for key, value in record.items() if key != "ema"}
+            models.append((net.eval().requires_grad_(False), metadata))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise checkpoints.CheckpointError(
+            f"{path} is a digits model set whose nets or weights do not fit ({err!r})"
+        ) from None
+    return models
