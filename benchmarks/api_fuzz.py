@@ -298,6 +298,14 @@ CASES = {
         lambda: dict(model=EXACT, process=LIN, steps=3, pilot=4, max_trials=5, reference_steps=20),
     ),
     "grids.fixed_grids": (grids.fixed_grids, lambda: dict(process=LIN, steps=4)),
+    "grids.power_grid": (
+        grids.power_grid,
+        lambda: dict(process=LIN, steps=4, power=2.0, t_end=3.0),
+    ),
+    "grids.grid_from_sigmas": (
+        grids.grid_from_sigmas,
+        lambda: dict(process=LIN, sigmas=torch.tensor([3.0, 1.0, 0.3], dtype=F64)),
+    ),
     "samplers.ddim(eta)": (
         samplers.ddim,
         lambda: dict(model=EXACT, x=x2(), grid=GRID, eta=0.5),

@@ -315,6 +315,25 @@ def anisotropic_mixture_16d(seed: int = 0):
     return GaussianMixture(torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64), means, covs)
 
 
+def ratio_interval(ours_sq, theirs_sq, draws: int = 2000, seed: int = 0) -> tuple:
+    """A 95% paired-bootstrap interval of RMS(ours) / RMS(theirs) from per-start squared
+    distances measured on the same starts: the starts are resampled together, so what the two
+    share (the same hard paths) cancels in the ratio and what they do not is its uncertainty."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(len(ours_sq), (draws, len(ours_sq)), generator=generator)
+    ratios = (ours_sq[index].mean(1) / theirs_sq[index].mean(1)).sqrt()
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=ratios.dtype))
+    return float(low), float(high)
+
+
+def switched(squared: torch.Tensor, mixture) -> int:
+    """How many paths end farther from the exact end than half the smallest distance between
+    two of the mixture's means: the paths that landed near another component."""
+    distances = torch.cdist(mixture.means, mixture.means)
+    half_gap = float(distances[distances > 0].min()) / 2
+    return int((squared > half_gap**2).sum())
+
+
 def median_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """The median over samples of |x_i - y_i|: the pathwise error of a typical path, blind to
     the few that change mixture component (which dominate the RMS)."""
@@ -375,7 +394,7 @@ def few_step(
             f"{float(rms_distance(check, exact)):.1e})"
         )
         model = exact_denoiser(mixture)
-        rows, best, medians = [], {}, {}
+        rows, best, medians, squared = [], {}, {}, {}
         for name in FAST:
             for spacing in SPACINGS:
                 row = [f"diffusers {name}, {spacing}"]
@@ -385,6 +404,8 @@ def few_step(
                     error = float(rms_distance(out, exact)) if finite else float("nan")
                     row.append(error)
                     medians[row[0], budget] = median_distance(out, exact) if finite else math.nan
+                    if finite:
+                        squared[row[0], budget] = (out - exact).square().sum(1)
                     if error == error:
                         best["diffusers", budget] = min(
                             best.get(("diffusers", budget), (math.inf, "")), (error, row[0])
@@ -400,6 +421,7 @@ def few_step(
                     error = float(rms_distance(out, exact))
                     row.append(error)
                     medians[row[0], budget] = median_distance(out, exact)
+                    squared[row[0], budget] = (out - exact).square().sum(1)
                     best["ours", budget] = min(
                         best.get(("ours", budget), (math.inf, "")), (error, row[0])
                     )
@@ -416,6 +438,7 @@ def few_step(
                 error = float(rms_distance(out, exact))
                 row.append(error)
                 medians[row[0], budget] = median_distance(out, exact)
+                squared[row[0], budget] = (out - exact).square().sum(1)
                 fits.append(
                     f"{name} {how} E={budget}: {fit.seconds:.1f} s, {fit.trials} trials, "
                     f"pilot error {fit.error:.2e} (start {fit.start_error:.2e})"
@@ -443,12 +466,16 @@ def few_step(
                 best["diffusers", budget],
             )
             ratio = ours_error / their_error
+            ours_sq, theirs_sq = squared[ours_name, budget], squared[their_name, budget]
+            low, high = ratio_interval(ours_sq, theirs_sq)
             outcome = "met" if ratio <= 0.8 else "NOT met"
             print(
                 f"{problem} E={budget}: best of ours {ours_name} {ours_error:.2e}, best of "
-                f"diffusers {their_name} {their_error:.2e}: ratio {ratio:.3f} "
-                f"(target <= 0.8: {outcome}); medians {medians[ours_name, budget]:.2e} and "
-                f"{medians[their_name, budget]:.2e}"
+                f"diffusers {their_name} {their_error:.2e}: ratio {ratio:.3f}, 95% paired "
+                f"bootstrap interval [{low:.3f}, {high:.3f}] (target <= 0.8: {outcome}); "
+                f"medians {medians[ours_name, budget]:.2e} and "
+                f"{medians[their_name, budget]:.2e}; paths that switched component "
+                f"{switched(ours_sq, mixture)} and {switched(theirs_sq, mixture)} of {n}"
             )
         print()
 

@@ -38,7 +38,12 @@ from typing import NamedTuple
 import torch
 from scipy.optimize import minimize
 
-from diffusion_core._validation import check_float, check_number, check_positive_int
+from diffusion_core._validation import (
+    as_tensor,
+    check_float,
+    check_number,
+    check_positive_int,
+)
 from diffusion_core.samplers import MAX_FLOW_STEPS, flow_endpoint, prior_sample, unipc
 from diffusion_core.schedules import Process, TimeGrid
 
@@ -91,7 +96,7 @@ def grid_from_sigmas(process: Process, sigmas) -> TimeGrid:
     :meth:`Process.time_at`, then onto t = 0."""
     if not isinstance(process, Process):
         raise TypeError(f"process must be a Process, got {type(process).__name__}")
-    sigmas = check_float("sigmas", torch.as_tensor(sigmas)).to(F64)
+    sigmas = check_float("sigmas", as_tensor("sigmas", sigmas)).to(F64)
     if sigmas.ndim != 1 or sigmas.numel() < 1:
         raise ValueError(f"sigmas must be 1-D with at least one level, got {tuple(sigmas.shape)}")
     low, high = _sigma_range(process)

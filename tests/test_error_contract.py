@@ -24,6 +24,7 @@ from diffusion_core import (
     analytic,
     flow,
     forward,
+    grids,
     likelihood,
     losses,
     metrics,
@@ -155,6 +156,18 @@ CALLS = {
         likelihood.dequantize,
         lambda: {"x": x2(), "bin_width": 0.1, "generator": torch.Generator().manual_seed(0)},
         lambda kwargs: tuple(kwargs["x"].shape),
+        True,
+    ),
+    "power_grid": (
+        grids.power_grid,
+        lambda: {"process": LIN, "steps": 4, "power": 2.0, "t_end": 3.0},
+        None,
+        True,
+    ),
+    "grid_from_sigmas": (
+        grids.grid_from_sigmas,
+        lambda: {"process": LIN, "sigmas": torch.tensor([3.0, 1.0, 0.3], dtype=F64)},
+        None,
         True,
     ),
     "bits_per_dim": (
