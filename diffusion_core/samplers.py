@@ -780,13 +780,22 @@ def dpm_solver_pp_3m_steps(grid: TimeGrid) -> list[Step]:
     return _exponential_multistep_steps(grid, 3)
 
 
-def _exponential_multistep_steps(grid: TimeGrid, order: int) -> list[Step]:
+def _multistep_plan(grid: TimeGrid, order: int):
+    """The lists std, scale and lambda / 2 of the grid's points, and (i, h_i, q_i) for every
+    step: its index, its length in lambda / 2 and its order (:func:`_multistep_order`)."""
     s, a, lam = grid.std.tolist(), grid.scale.tolist(), _half_log_snr(grid)
     K, finite_from = grid.steps, 1 if a[0] == 0 else 0
+    plan = [
+        (i, lam[i + 1] - lam[i], _multistep_order(i, order, finite_from, K, s[-1] == 0))
+        for i in range(K)
+    ]
+    return s, a, lam, plan
+
+
+def _exponential_multistep_steps(grid: TimeGrid, order: int) -> list[Step]:
+    s, a, lam, plan = _multistep_plan(grid, order)
     steps = []
-    for i in range(K):
-        h = lam[i + 1] - lam[i]
-        q = _multistep_order(i, order, finite_from, K, s[-1] == 0)
+    for i, h, q in plan:
         if q == 1 or not math.isfinite(h):
             w = [-math.expm1(-h)]  # DDIM's step, finite from zero SNR and onto std = 0
         else:
@@ -847,12 +856,9 @@ def unipc_3_steps(grid: TimeGrid, variant: str = "bh2", order: int = 3) -> list[
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
     order = check_positive_int("order", order, minimum=1, maximum=3)
-    s, a, lam = grid.std.tolist(), grid.scale.tolist(), _half_log_snr(grid)
-    K, finite_from = grid.steps, 1 if a[0] == 0 else 0
+    s, a, lam, plan = _multistep_plan(grid, order)
     steps = []
-    for i in range(K):
-        h = lam[i + 1] - lam[i]
-        q = _multistep_order(i, order, finite_from, K, s[-1] == 0)
+    for i, h, q in plan:
         c_d = -a[i + 1] * math.expm1(-h)  # the first-order coefficient of m_i
         if q == 1 and (s[i + 1] == 0 or not math.isfinite(h)):
             steps.append(Step(Update(x=s[i + 1] / s[i], d=c_d)))  # no corrector
