@@ -141,6 +141,20 @@ def _sigma_range(process: Process) -> tuple[float, float]:
     return low, high
 
 
+def _log_objective(error: Callable, grid_of: Callable) -> Callable:
+    """theta -> log error(grid_of(theta)), the searched objective; +inf where theta gives no
+    valid grid (levels or times that round onto one another)."""
+
+    def objective(theta) -> float:
+        try:
+            value = error(grid_of(theta))
+        except ValueError:
+            return math.inf
+        return math.log(value) if value > 0 else -math.inf
+
+    return objective
+
+
 def fit_grid(
     model: Callable,
     process: Process,
@@ -216,13 +230,7 @@ def fit_grid(
         squared = (sampler(model, x, grid) - reference).square().flatten(1).sum(1)
         return float(squared.mean() if statistic == "mean" else squared.median())
 
-    def objective(theta) -> float:
-        try:
-            value = error(grid_of(theta))
-        except ValueError:  # levels that round onto one another
-            return math.inf
-        return math.log(value) if value > 0 else -math.inf
-
+    objective = _log_objective(error, grid_of)
     start_error = error(start_grid)
     if steps == 1:  # no inner level to place
         seconds = time.perf_counter() - began
@@ -268,13 +276,7 @@ def _fit_power(process, steps, error, start_grid, start_error, max_trials, began
         share = 1 / (1 + math.exp(-float(theta[1])))
         return power_grid(process, steps, power, t_min + share * (t_max - t_min) * 0.999)
 
-    def objective(theta) -> float:
-        try:
-            value = error(grid_of(theta))
-        except ValueError:  # times that round onto one another
-            return math.inf
-        return math.log(value) if value > 0 else -math.inf
-
+    objective = _log_objective(error, grid_of)
     scan = [(objective([0.0, logit]), logit) for logit in (-8.0, -6.0, -5.0, -4.0, -3.0, -2.0)]
     best_value, best_logit = min(scan)
     result = minimize(
