@@ -327,7 +327,7 @@ def mel_pitch(
     teeth where the spectrum has valleys and one at 2 f0 misses every other harmonic, so both
     match worse than the comb at f0, and the octave errors of a waveform tracker on Griffin-Lim
     audio do not arise. No phase is needed, and the cost is one small matrix product. Below
-    about 75 Hz the harmonics lie closer than two bands and the filters smooth the ripple away;
+    about 80 Hz the harmonics lie closer than two bands and the filters smooth the ripple away;
     such frames match no comb well, and ``min_match`` (in [0, 1)) leaves them out rather than
     read them at a multiple of f0. Returns NaN when fewer than three frames match (a clip
     without resolved harmonics, or silence).

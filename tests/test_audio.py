@@ -303,7 +303,7 @@ def test_frechet_distance_of_a_set_to_itself_is_zero(data, judge):
 
 def test_generated_clips_are_scored_by_the_path_of_real_ones(data, judge):
     """A few clips from the committed denoiser go through the very functions that score real
-    clips (accuracy, features, pitch through Griffin-Lim); each gives finite numbers."""
+    clips (accuracy, features, pitch); each gives finite numbers, or NaN for a pitch."""
     net, record = audio.load_sound_model()
     assert record["train"]["null_label"] == net.null_label == audio.NUM_CONDITIONS
     labels = audio.condition_label(torch.tensor([0, 7, 13]), torch.tensor([0, 1, 2]))
