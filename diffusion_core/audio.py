@@ -75,6 +75,7 @@ __all__ = [
     "NUM_CONDITIONS",
     "N_MELS",
     "PITCHES",
+    "PITCH_MIN_MATCH",
     "PITCH_RANGE",
     "SAMPLE_RATE",
     "SOUND_MODEL",
@@ -242,9 +243,9 @@ def from_unit(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------- pitch
 
-PITCH_BANDS_HZ = (50.0, 1000.0)  # mel bands whose centres lie here carry the harmonic ripple
-PITCH_ENVELOPE = 5  # smoothest cosines over those bands treated as the spectral envelope
-PITCH_DEPTH_DB = 40.0  # each frame (and template) floored this far below its peak
+_PITCH_BANDS_HZ = (50.0, 1000.0)  # mel bands whose centres lie here carry the harmonic ripple
+_PITCH_ENVELOPE = 5  # smoothest cosines over those bands treated as the spectral envelope
+_PITCH_DEPTH_DB = 40.0  # each frame (and template) floored this far below its peak
 _PITCH_STEPS = 8  # candidate f0 per semitone
 PITCH_MIN_MATCH = 0.6  # the least ripple correlation of a frame that counts
 
@@ -268,9 +269,8 @@ def _pitch_templates(fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray, 
     candidates = fmin * 2 ** (
         np.arange(int(12 * _PITCH_STEPS * math.log2(fmax / fmin)) + 1) / (12 * _PITCH_STEPS)
     )
-    bands = np.nonzero((_mel_centres() > PITCH_BANDS_HZ[0]) & (_mel_centres() < PITCH_BANDS_HZ[1]))[
-        0
-    ]
+    low, high = _PITCH_BANDS_HZ
+    bands = np.nonzero((_mel_centres() > low) & (_mel_centres() < high))[0]
     offsets, response = _window_power()
     bins = np.arange(N_FFT // 2 + 1) * SAMPLE_RATE / N_FFT
     templates = []
@@ -279,7 +279,7 @@ def _pitch_templates(fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray, 
         comb = np.interp(bins[None, :] - harmonics[:, None], offsets, response, 0, 0).sum(0)
         templates.append(_mel_filters()[bands] @ comb)
     templates = 10 * np.log10(np.stack(templates) + 1e-30)
-    floored = np.maximum(templates - templates.max(1, keepdims=True), -PITCH_DEPTH_DB)
+    floored = np.maximum(templates - templates.max(1, keepdims=True), -_PITCH_DEPTH_DB)
     ripple = floored @ _envelope_projection(len(bands))
     return candidates, bands, ripple / np.linalg.norm(ripple, axis=1, keepdims=True)
 
@@ -294,9 +294,9 @@ def _mel_centres() -> np.ndarray:
 
 @functools.cache
 def _envelope_projection(bands: int) -> np.ndarray:
-    """The projection (bands, bands) that removes the PITCH_ENVELOPE smoothest cosines."""
+    """The projection (bands, bands) that removes the _PITCH_ENVELOPE smoothest cosines."""
     grid = (np.arange(bands) + 0.5) / bands
-    basis = np.stack([np.cos(np.pi * j * grid) for j in range(PITCH_ENVELOPE)], axis=1)
+    basis = np.stack([np.cos(np.pi * j * grid) for j in range(_PITCH_ENVELOPE)], axis=1)
     return np.eye(bands) - basis @ np.linalg.pinv(basis)
 
 
@@ -346,7 +346,7 @@ def mel_pitch(
     frames = spectrogram[bands]
     power = 10 * np.log10(np.sum(10 ** (frames / 10), axis=0))
     frames = frames[:, power > power.max() - voiced_db]
-    frames = np.maximum(frames, frames.max(0, keepdims=True) - PITCH_DEPTH_DB)
+    frames = np.maximum(frames, frames.max(0, keepdims=True) - _PITCH_DEPTH_DB)
     observed = _envelope_projection(len(bands)) @ frames
     norms = np.linalg.norm(observed, axis=0)
     observed = observed[:, norms > 1e-6] / norms[norms > 1e-6]
