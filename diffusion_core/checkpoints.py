@@ -45,6 +45,7 @@ import safetensors.torch
 import torch
 
 __all__ = [
+    "CONSISTENCY_STUDENTS",
     "DIGITS_CLASSIFIER",
     "DIGITS_MODEL",
     "DIGITS_MODEL_SET",
@@ -72,6 +73,7 @@ DIGITS_MODEL_SET = "digits_model_set"
 LATENT_MODEL = "latent_model"
 DIGITS_CLASSIFIER = "digits_classifier"
 FEWSTEP_STUDENTS = "fewstep_students"
+CONSISTENCY_STUDENTS = "consistency_students"
 SOUND_MODEL = "sound_model"
 SOUND_CLASSIFIER = "sound_classifier"
 TEXT_MODELS = "text_models"
@@ -82,6 +84,7 @@ KINDS = {
     LATENT_MODEL: "a latent diffusion model (scripts/train_latent.py)",
     DIGITS_CLASSIFIER: "the digits classifier (diffusion_core.images.digits_classifier)",
     FEWSTEP_STUDENTS: "the distilled students of the 2-D mixture (scripts/train_students.py)",
+    CONSISTENCY_STUDENTS: "the consistency models of Chapter 8 (scripts/train_students.py)",
     SOUND_MODEL: "the spoken-digit spectrogram denoiser (scripts/train_sound.py)",
     SOUND_CLASSIFIER: "the spoken-digit classifier (scripts/train_sound.py)",
     TEXT_MODELS: "the token diffusion and autoregressive models (scripts/train_text.py)",

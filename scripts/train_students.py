@@ -15,6 +15,19 @@ for checks.
 The checkpoint (kind "fewstep_students") holds the students of 8, 4, 2 and 1 steps, the
 settings, each round's final loss and seconds. Chapter 8 reads it with
 ``diffusion_core.distill.load_students(checkpoints.packaged("fewstep_students"))``.
+
+    python scripts/train_students.py --which consistency   # -> fewstep_consistency.safetensors
+    python scripts/train_students.py --which digits        # -> fewstep_digits.safetensors
+
+Consistency distillation (Song et al. 2023; ``diffusion_core.consistency``) of the same 2-D
+mixture, its teacher one Heun step of the exact denoiser between adjacent levels of a Karras
+grid, and of the book's unconditional digits denoiser (``digits_unconditional``, an eps U-Net),
+its student a U-Net of the same shape initialised from the teacher's weights. One network per
+data set serves every number of steps; its intermediate sampling levels for 2 and 4 steps are
+chosen greedily on pilot samples (sliced W2 to fresh mixture data; Frechet distance to the
+training digits in the classifier's features), never on the samples the book scores. The
+weights are stored in float16 (kind "consistency_students"); Chapter 8 reads them with
+``diffusion_core.consistency.load_consistency_model``.
 """
 
 from __future__ import annotations
@@ -26,22 +39,49 @@ import time
 
 import torch
 
-from diffusion_core import checkpoints, distill
+from diffusion_core import checkpoints, consistency, distill, images, metrics
 from diffusion_core.analytic import default_mixture_2d
 from diffusion_core.device import seed_everything
 from diffusion_core.nets import MLPDenoiser, count_parameters
-from diffusion_core.parameterization import as_denoiser, exact_denoiser
+from diffusion_core.parameterization import as_denoiser, exact_denoiser, x0_from_eps
+from diffusion_core.samplers import prior_sample
 from diffusion_core.schedules import linear_schedule
 from diffusion_core.train import TrainConfig, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_PATH = ROOT / "diffusion_core" / "weights" / "fewstep_students.safetensors"
+WEIGHTS = ROOT / "diffusion_core" / "weights"
+DEFAULT_PATH = WEIGHTS / "fewstep_students.safetensors"
+PATHS = {
+    "progressive": DEFAULT_PATH,
+    "consistency": WEIGHTS / "fewstep_consistency.safetensors",
+    "digits": WEIGHTS / "fewstep_digits.safetensors",
+}
 TEACHER_STEPS = 64
 KEEP = (8, 4, 2, 1)  # the students that ship
 NET = {"data_dim": 2, "hidden": 128, "depth": 3, "time_dim": 64}
 FIRST_ROUND = {"steps": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine"}
 LATER_ROUNDS = {"steps": 2000, "batch_size": 256, "lr": 1e-3, "lr_schedule": "cosine"}
 DATA_SIZE, DATA_SEED, INIT_SEED = 50_000, 1, 3
+CONSISTENCY = {
+    "mixture": {
+        "points": 40,  # N noisy Karras levels (rho = 7) from sigma_T to sigma_1
+        "sigma_data": 2.0,  # about the mixture's standard deviation
+        "target_decay": 0.95,
+        "distance": "l2",
+        "huber_c": 0.03,
+        "train": {"steps": 8000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine"},
+    },
+    "digits": {
+        "points": 18,  # as for CIFAR-10 in the paper
+        "sigma_data": 0.5,
+        "target_decay": 0.95,
+        "distance": "pseudo_huber",
+        "huber_c": 0.0043,  # 0.00054 sqrt(d), d = 64 (Song & Dhariwal 2024)
+        "train": {"steps": 1500, "batch_size": 128, "lr": 4e-4, "lr_schedule": "cosine"},
+    },
+}
+PILOT, PILOT_SEED, LEVELS_SEED = 4000, 21, 22  # the starts and data that choose the levels
+SAMPLING_STEPS = (2, 4)
 
 
 def train_students(steps: int | None = None, log=print) -> dict:
@@ -99,15 +139,135 @@ def _copy(net: MLPDenoiser) -> MLPDenoiser:
     return student.train()
 
 
+def _consistency_run(net, data, teacher, process, settings, steps, log) -> tuple[dict, object]:
+    """Train one consistency model; return its record (without levels) and its function."""
+    grid = process.grid(settings["points"], "karras")[:-1]
+    objective = consistency.ConsistencyDistillationLoss(
+        teacher,
+        grid,
+        sigma_data=settings["sigma_data"],
+        target_decay=settings["target_decay"],
+        distance=settings["distance"],
+        huber_c=settings["huber_c"],
+    )
+    config = dict(settings["train"], ema_decay=None, seed=0)
+    if steps is not None:
+        config["steps"] = steps
+    began = time.perf_counter()
+    run = train(net, data, objective, TrainConfig(**config), progress=False, device="cpu")
+    seconds = time.perf_counter() - began
+    loss = sum(run.losses[-100:]) / len(run.losses[-100:])
+    log(f"consistency distillation: {config['steps']} steps, loss {loss:.2e}, {seconds:.0f} s")
+    # float16 storage: the one-step samples of the rounded weights against the trained ones
+    net.eval().requires_grad_(False)
+    start = prior_sample(grid, (512, *data.shape[1:]), torch.Generator().manual_seed(PILOT_SEED))
+    one_step = objective.function(net)(start.float(), grid[0])
+    weights = {name: value.to(torch.float16) for name, value in net.state_dict().items()}
+    net.load_state_dict({name: value.float() for name, value in weights.items()})
+    rounded = objective.function(net)(start.float(), grid[0])
+    record = {
+        **{name: value for name, value in settings.items() if name != "train"},
+        "train": config,
+        "sigma_min": objective.sigma_min,
+        "loss": loss,
+        "seconds": round(seconds, 1),
+        "parameters": count_parameters(net),
+        "float16_rms_change": float(metrics.rms_distance(rounded.flatten(1), one_step.flatten(1))),
+        "weights": weights,
+    }
+    return record, objective.function(net)
+
+
+def _levels(function, grid, score, start) -> dict:
+    """The greedy sampling levels (indices into the training grid) for SAMPLING_STEPS."""
+    chosen = {}
+    for k in SAMPLING_STEPS:
+        levels = consistency.choose_levels(function, grid, k, score, start, seed=LEVELS_SEED)
+        indices = [int((grid.t == t).nonzero()) for t in levels.t[:-1]]
+        chosen[str(k)] = indices
+    return chosen
+
+
+def train_consistency_mixture(steps: int | None = None, pilot: int = PILOT, log=print) -> dict:
+    """The consistency model of the 2-D mixture (``steps`` shortens training and ``pilot``
+    the search of the sampling levels, for checks)."""
+    settings = CONSISTENCY["mixture"]
+    seed_everything(INIT_SEED)
+    mixture, schedule = default_mixture_2d(), linear_schedule(1000)
+    data = mixture.sample(DATA_SIZE, torch.Generator().manual_seed(DATA_SEED)).float()
+    net = MLPDenoiser(**NET)
+    record, function = _consistency_run(
+        net, data, exact_denoiser(mixture), schedule, settings, steps, log
+    )
+    grid = schedule.grid(settings["points"], "karras")[:-1]
+    pilot_data = mixture.sample(pilot, torch.Generator().manual_seed(PILOT_SEED))
+    start = prior_sample(grid, (pilot, 2), torch.Generator().manual_seed(PILOT_SEED + 1))
+
+    def score(samples):
+        draws = torch.Generator().manual_seed(0)
+        return float(metrics.sliced_wasserstein(samples, pilot_data, generator=draws))
+
+    record["levels"] = _levels(function, grid, score, start.float())
+    record.update(kind="mlp", net=NET, schedule={"kind": "linear", "T": 1000})
+    return _consistency_state("mixture", record)
+
+
+def train_consistency_digits(steps: int | None = None, log=print) -> dict:
+    """The consistency model of the unconditional digits denoiser, initialised from it."""
+    settings = CONSISTENCY["digits"]
+    seed_everything(INIT_SEED)
+    teacher_net, teacher_record = images.load_digits_model(
+        checkpoints.packaged("digits_unconditional")
+    )
+    schedule, split = images.digits_schedule(), images.load_digits_split()
+
+    def teacher(x, point):  # the eps network as a denoiser at per-sample points
+        return x0_from_eps(x, teacher_net(x, point.t), point.scale, point.std)
+
+    net = images.build_net(teacher_record["net"])
+    net.load_state_dict(teacher_net.state_dict())
+    net.requires_grad_(True)
+    record, function = _consistency_run(
+        net, split.train_images, teacher, schedule, settings, steps, log
+    )
+    grid = schedule.grid(settings["points"], "karras")[:-1]
+    classifier = images.digits_classifier(split)
+    train_features = images.classifier_features(classifier, split.train_images)
+    start = prior_sample(grid, (256, 1, 8, 8), torch.Generator().manual_seed(PILOT_SEED + 1))
+
+    def score(samples):
+        features = images.classifier_features(classifier, samples.float().clamp(-1, 1))
+        return float(metrics.frechet_distance(features, train_features))
+
+    record["levels"] = _levels(function, grid, score, start.float())
+    record.update(kind="unet", net=teacher_record["net"], schedule={"kind": "linear", "T": 1000})
+    return _consistency_state("digits", record)
+
+
+def _consistency_state(key: str, record: dict) -> dict:
+    return {
+        "models": {key: record},
+        "init_seed": INIT_SEED,
+        "threads": torch.get_num_threads(),
+        "torch_version": str(torch.__version__),
+    }
+
+
 def main(argv: list[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per round")
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_PATH)
+    parser.add_argument("--which", choices=tuple(PATHS), default="progressive")
+    parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    state = train_students(args.steps)
-    checkpoints.save(args.out, state, checkpoints.FEWSTEP_STUDENTS)
-    print(f"wrote {args.out}", file=sys.stderr)
-    return args.out
+    out = PATHS[args.which] if args.out is None else args.out
+    if args.which == "progressive":
+        checkpoints.save(out, train_students(args.steps), checkpoints.FEWSTEP_STUDENTS)
+    else:
+        trainer = train_consistency_mixture if args.which == "consistency" else None
+        trainer = trainer or train_consistency_digits
+        checkpoints.save(out, trainer(args.steps), checkpoints.CONSISTENCY_STUDENTS)
+    print(f"wrote {out}", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":
