@@ -475,3 +475,68 @@ def test_flow_training_script_is_reproducible_and_matches_the_packaged_run(tmp_p
     assert packaged_record["train"] == script.SETTINGS
     assert packaged_record["prediction"] == "velocity"
     torch.testing.assert_close(a["losses"], packaged_record["losses"][:2], rtol=1e-5, atol=0)
+
+
+def test_eps_objective_of_the_script_is_reproducible_and_loads_back_in_float16(tmp_path):
+    script = _train_flow_script()
+    out = {name: tmp_path / f"{name}.safetensors" for name in ("eps_a", "eps_b", "flow")}
+    for name in ("eps_a", "eps_b"):
+        script.main(["--steps", "2", "--objective", "eps", "--seed", "3", "--out", str(out[name])])
+    script.main(["--steps", "2", "--seed", "3", "--out", str(out["flow"])])
+    a, b, f = (checkpoints.load(out[name], checkpoints.DIGITS_MODEL) for name in out)
+    for name in a["ema"]:
+        assert torch.equal(a["ema"][name], b["ema"][name]), name
+    assert torch.equal(a["losses"], b["losses"]) and len(a["losses"]) == 2
+    assert a["prediction"] == "eps" and f["prediction"] == "velocity"
+    assert a["train"] == f["train"] == dict(script.SETTINGS, steps=2, seed=3)
+    assert a["init_seed"] == f["init_seed"] == 3
+    # the set keeps the runs in order, in float16, and reads them back into float32 nets
+    collected = tmp_path / "set.safetensors"
+    script.main(["--collect", str(out["eps_a"]), str(out["flow"]), "--out", str(collected)])
+    stored = checkpoints.load(collected, checkpoints.DIGITS_MODEL_SET)["models"]
+    assert all(v.dtype == torch.float16 for m in stored for v in m["ema"].values())
+    loaded = flow.load_digits_model_set(collected)
+    assert [record["prediction"] for _, record in loaded] == ["eps", "velocity"]
+    x = torch.randn(16, 1, 8, 8, generator=gen(0))
+    t = torch.tensor(500.0)
+    for (net, record), full in zip(loaded, (a, f), strict=True):
+        assert next(net.parameters()).dtype == torch.float32 and "ema" not in record
+        reference, _ = load_digits_model(out["eps_a" if full is a else "flow"])
+        with torch.no_grad():
+            got, want = net(x, t), reference(x, t)
+        # float16 keeps 11 significant bits: the outputs move by a few parts in a thousand
+        assert (got - want).abs().max() < 1e-2 * want.abs().max()
+    with pytest.raises(checkpoints.CheckpointError, match="digits denoiser"):
+        flow.load_digits_model_set(out["flow"])
+
+
+def test_packaged_equal_budget_models_match_the_script(tmp_path):
+    script = _train_flow_script()
+    models = flow.load_digits_model_set()
+    short = checkpoints.load(
+        script.main(
+            [
+                "--steps",
+                "2",
+                "--objective",
+                "eps",
+                "--seed",
+                "8",
+                "--out",
+                str(tmp_path / "eps8.safetensors"),
+            ]
+        ),
+        checkpoints.DIGITS_MODEL,
+    )
+    seeds = {"eps": [], "velocity": []}
+    for net, record in models:
+        seeds[record["prediction"]].append(record["train"]["seed"])
+        assert record["train"] == dict(script.SETTINGS, seed=record["train"]["seed"])
+        assert record["init_seed"] == record["train"]["seed"]
+        assert record["net"] == script.DIGITS_MODELS["unconditional"]["net"]
+        assert next(net.parameters()).dtype == torch.float32 and not net.training
+        if record["prediction"] == "eps" and record["train"]["seed"] == 8:
+            # its first steps (bit for bit on the machine that trained it)
+            torch.testing.assert_close(short["losses"], record["losses"][:2], rtol=1e-5, atol=0)
+    # with the packaged flow of seed 7, three training seeds of each objective
+    assert sorted(seeds["eps"]) == [7, 8, 9] and sorted(seeds["velocity"] + [7]) == [7, 8, 9]
