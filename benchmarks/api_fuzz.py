@@ -44,6 +44,7 @@ torch.set_num_threads(1)
 
 from diffusion_core import (  # noqa: E402
     analytic,
+    audio,
     autoencoder,
     device,
     discrete,
@@ -87,6 +88,22 @@ MARKOV = languages.random_markov_language(4, 1, 5, 4, gen())
 with torch.random.fork_rng(devices=[]):
     torch.manual_seed(0)
     TOKEN_NET = discrete.TokenTransformer(4, 5, dim=8, layers=1, heads=2).eval()
+
+
+def tone(seconds: float = 0.8, f0: float = 150.0) -> torch.Tensor:
+    """A harmonic tone at audio.SAMPLE_RATE, float32: valid speech-like audio input."""
+    t = torch.arange(int(seconds * audio.SAMPLE_RATE), dtype=F64) / audio.SAMPLE_RATE
+    return (0.2 * sum(torch.sin(2 * math.pi * f0 * k * t) / k for k in range(1, 8))).float()
+
+
+def tone_clips(n: int = 2) -> torch.Tensor:
+    """n copies of the tone's clip (n, 1, N_MELS, FRAMES) in [-1, 1]."""
+    spectrogram = torch.as_tensor(audio.log_mel(tone()))[:, : audio.FRAMES]
+    return audio.to_unit(spectrogram)[None, None].repeat(n, 1, 1, 1)
+
+
+SOUND_JUDGE = audio.load_classifier()
+SOUND_NET = audio.build_sound_net({"patch": 4, "channels": [8, 16], "blocks": 1})
 
 
 def exact_eps(x, t):
@@ -298,13 +315,42 @@ CASES = {
         lambda: dict(model=EXACT, process=LIN, steps=3, pilot=4, max_trials=5, reference_steps=20),
     ),
     "grids.fixed_grids": (grids.fixed_grids, lambda: dict(process=LIN, steps=4)),
+    "audio.log_mel": (audio.log_mel, lambda: dict(waveform=tone())),
+    "audio.to_waveform": (
+        audio.to_waveform,
+        lambda: dict(spectrogram=audio.log_mel(tone())[:, :8], iterations=2, seed=0),
+    ),
+    "audio.mel_pitch": (
+        audio.mel_pitch,
+        lambda: dict(
+            spectrogram=audio.log_mel(tone()), fmin=60.0, fmax=320.0, voiced_db=30.0, min_match=0.6
+        ),
+    ),
+    "audio.clip_pitches": (audio.clip_pitches, lambda: dict(clips=tone_clips())),
+    "audio.to_unit": (audio.to_unit, lambda: dict(spectrogram=-40 * torch.rand(64, 48))),
+    "audio.from_unit": (audio.from_unit, lambda: dict(x=torch.rand(64, 48) * 2 - 1)),
+    "audio.condition_label": (audio.condition_label, lambda: dict(word=3, pitch_level=1)),
+    "audio.word_accuracy": (
+        audio.word_accuracy,
+        lambda: dict(classifier=SOUND_JUDGE, clips=tone_clips(), words=torch.tensor([1, 2])),
+    ),
+    "audio.frechet_distance": (
+        audio.frechet_distance,
+        lambda: dict(classifier=SOUND_JUDGE, clips=tone_clips(3), reference=tone_clips(3) * 0.9),
+    ),
+    "audio.generate": (
+        audio.generate,
+        lambda: dict(
+            net=SOUND_NET, labels=torch.tensor([0, 5]), guidance=2.0, steps=2, generator=gen()
+        ),
+    ),
     "grids.power_grid": (
         grids.power_grid,
         lambda: dict(process=LIN, steps=4, power=2.0, t_end=3.0),
     ),
     "grids.grid_from_sigmas": (
         grids.grid_from_sigmas,
-        lambda: dict(process=LIN, sigmas=torch.tensor([3.0, 1.0, 0.3], dtype=F64)),
+        lambda: dict(process=LIN, sigmas=torch.tensor([1.0, 0.5, 0.1], dtype=F64)),
     ),
     "samplers.ddim(eta)": (
         samplers.ddim,

@@ -70,6 +70,7 @@ __all__ = [
     "CLASSIFIER_SETTINGS",
     "JUDGE_VOICES",
     "LANGUAGES",
+    "MAX_GUIDANCE",
     "MODEL_VOICES",
     "N_FFT",
     "NUM_CONDITIONS",
@@ -231,14 +232,25 @@ def _mel_pseudo_inverse() -> np.ndarray:
     return np.linalg.pinv(_mel_filters())
 
 
+def _check_float_tensor(name: str, x) -> torch.Tensor:
+    """A floating-point tensor; its values are not inspected (an affine map passes them on)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
 def to_unit(spectrogram: torch.Tensor) -> torch.Tensor:
-    """Decibels in [DB_FLOOR, 0] mapped linearly to [-1, 1]: x = S / 40 + 1."""
-    return spectrogram / (-DB_FLOOR / 2) + 1.0
+    """Decibels in [DB_FLOOR, 0] mapped linearly to [-1, 1]: x = S / 40 + 1 (``spectrogram`` a
+    floating-point tensor of any shape; its values are not inspected)."""
+    return _check_float_tensor("spectrogram", spectrogram) / (-DB_FLOOR / 2) + 1.0
 
 
 def from_unit(x: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`to_unit`, clipped to [DB_FLOOR, 0] dB."""
-    return ((x - 1.0) * (-DB_FLOOR / 2)).clamp(DB_FLOOR, 0.0)
+    """The inverse of :func:`to_unit`, clipped to [DB_FLOOR, 0] dB (``x`` a floating-point
+    tensor of any shape)."""
+    return ((_check_float_tensor("x", x) - 1.0) * (-DB_FLOOR / 2)).clamp(DB_FLOOR, 0.0)
 
 
 # ---------------------------------------------------------------------------------- pitch
@@ -430,6 +442,10 @@ def condition_label(word, pitch_level) -> torch.Tensor:
     """The denoiser's class of a (word, pitch level) pair: word * 3 + pitch level, in
     0..NUM_CONDITIONS - 1 (``word`` in 0..19, ``pitch_level`` an index into :data:`PITCHES`;
     ints or integer tensors of one shape)."""
+    for name, value in (("word", word), ("pitch_level", pitch_level)):
+        if isinstance(value, bool) or not isinstance(value, int | torch.Tensor):
+            kind = type(value).__name__
+            raise TypeError(f"{name} must be an int or an integer tensor, got {kind}")
     word, pitch_level = torch.as_tensor(word), torch.as_tensor(pitch_level)
     check_labels("word", word.reshape(-1), classes=len(WORDS))
     check_labels("pitch_level", pitch_level.reshape(-1), classes=len(PITCHES))
@@ -437,6 +453,7 @@ def condition_label(word, pitch_level) -> torch.Tensor:
 
 
 NUM_CONDITIONS = len(WORDS) * len(PITCHES)
+MAX_GUIDANCE = 100.0  # the largest guidance weight generate accepts (the book uses 1 to 4)
 
 
 # ------------------------------------------------------------------------------ the judge
@@ -668,13 +685,17 @@ def generate(
     :func:`condition_label`: classifier-free guidance with weight ``guidance`` around the
     network (predicting ``prediction``: "eps", "x0" or "v") seen as a denoiser, sampled by
     DDIM (eta = 0) over ``steps`` (1..1000) evenly spaced steps of :func:`sound_schedule`,
-    from noise drawn with ``generator``."""
+    from noise drawn with ``generator``. ``guidance`` lies in [0, MAX_GUIDANCE]: 0 is the
+    unconditional model, 1 the conditional one."""
     from diffusion_core import samplers
     from diffusion_core.parameterization import as_denoiser
 
     if not isinstance(net, SpectrogramDenoiser):
         raise TypeError(f"net must be a SpectrogramDenoiser, got {type(net).__name__}")
     labels = check_labels("labels", labels, classes=NUM_CONDITIONS)
+    if labels.numel() == 0:
+        raise ValueError("labels must hold at least one condition, got none")
+    guidance = check_number("guidance", guidance, 0.0, MAX_GUIDANCE)
     steps = check_positive_int("steps", steps, maximum=1000)
     grid = sound_schedule().grid(steps)
     noise = samplers.prior_sample(grid, (len(labels), 1, N_MELS, FRAMES), generator)

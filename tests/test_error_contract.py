@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from diffusion_core import (
     analytic,
+    audio,
     flow,
     forward,
     grids,
@@ -38,6 +39,18 @@ F64 = torch.float64
 LIN = schedules.linear_schedule(50)
 GRID = LIN.grid(4)
 MIX = analytic.default_mixture_2d()
+
+
+def tone_spectrogram() -> torch.Tensor:
+    """The log-mel spectrogram (dB) of a 150 Hz harmonic tone: valid audio input."""
+    t = torch.arange(6400, dtype=F64) / audio.SAMPLE_RATE
+    wave = 0.2 * sum(torch.sin(2 * math.pi * 150 * k * t) / k for k in range(1, 8))
+    return torch.as_tensor(audio.log_mel(wave.float()))
+
+
+TONE = tone_spectrogram()
+TONE_CLIPS = audio.to_unit(TONE[:, : audio.FRAMES])[None, None].repeat(2, 1, 1, 1)
+SOUND_JUDGE = audio.load_classifier()
 
 
 def x2(n=6):
@@ -167,6 +180,37 @@ CALLS = {
     "grid_from_sigmas": (
         grids.grid_from_sigmas,
         lambda: {"process": LIN, "sigmas": torch.tensor([3.0, 1.0, 0.3], dtype=F64)},
+        None,
+        True,
+    ),
+    "log_mel": (audio.log_mel, lambda: {"waveform": torch.sin(torch.arange(600.0))}, None, True),
+    "mel_pitch": (
+        audio.mel_pitch,
+        lambda: {"spectrogram": TONE.numpy(), "fmin": 60.0, "fmax": 320.0, "voiced_db": 30.0},
+        None,
+        True,
+    ),
+    "clip_pitches": (audio.clip_pitches, lambda: {"clips": TONE_CLIPS.clone()}, (2,), True),
+    "to_unit": (  # elementwise: the shape of its input
+        audio.to_unit,
+        lambda: {"spectrogram": TONE.clone()},
+        lambda kwargs: tuple(kwargs["spectrogram"].shape),
+        False,
+    ),
+    "from_unit": (
+        audio.from_unit,
+        lambda: {"x": TONE_CLIPS[0, 0].clone()},
+        lambda kwargs: tuple(kwargs["x"].shape),
+        False,
+    ),
+    "condition_label": (audio.condition_label, lambda: {"word": 3, "pitch_level": 1}, (), True),
+    "word_accuracy": (
+        audio.word_accuracy,
+        lambda: {
+            "classifier": SOUND_JUDGE,
+            "clips": TONE_CLIPS.clone(),
+            "words": torch.tensor([1, 2]),
+        },
         None,
         True,
     ),
