@@ -46,8 +46,10 @@ from diffusion_core import (  # noqa: E402
     analytic,
     audio,
     autoencoder,
+    consistency,
     device,
     discrete,
+    distill,
     flow,
     forward,
     grids,
@@ -342,6 +344,58 @@ CASES = {
         audio.generate,
         lambda: dict(
             net=SOUND_NET, labels=torch.tensor([0, 5]), guidance=2.0, steps=2, generator=gen()
+        ),
+    ),
+    "distill.halve": (distill.halve, lambda: dict(grid=LIN.grid(4))),
+    "distill.ProgressiveDistillationLoss": (
+        distill.ProgressiveDistillationLoss,
+        lambda: dict(teacher=EXACT, grid=LIN.grid(4), prediction="v"),
+    ),
+    "distill.ProgressiveDistillationLoss(call)": (
+        distill.ProgressiveDistillationLoss(EXACT, LIN.grid(4)),
+        lambda: dict(net=TINY, batch=x2().float(), labels=None, generator=gen()),
+    ),
+    "distill.student_sampler": (distill.student_sampler, lambda: dict(net=TINY, prediction="x0")),
+    "consistency.boundary_coefficients": (
+        consistency.boundary_coefficients,
+        lambda: dict(sigma=1.0, sigma_min=0.01, sigma_data=0.5),
+    ),
+    "consistency.ConsistencyFunction": (
+        consistency.ConsistencyFunction,
+        lambda: dict(net=TINY, sigma_min=0.01, sigma_data=0.5),
+    ),
+    "consistency.ConsistencyFunction(call)": (
+        consistency.ConsistencyFunction(TINY, sigma_min=0.01),
+        lambda: dict(x=x2().float(), point=GRID[1]),
+    ),
+    "consistency.ConsistencyDistillationLoss": (
+        consistency.ConsistencyDistillationLoss,
+        lambda: dict(
+            teacher=EXACT, grid=GRID[:-1], sigma_data=0.5, target_decay=0.9, distance="l2"
+        ),
+    ),
+    "consistency.consistency_sample": (
+        consistency.consistency_sample,
+        lambda: dict(
+            model=consistency.ConsistencyFunction(TINY, sigma_min=float(GRID[-2].sigma)),
+            x=x2().float(),
+            grid=GRID,
+            generator=gen(),
+        ),
+    ),
+    "consistency.levels_grid": (
+        consistency.levels_grid,
+        lambda: dict(candidates=GRID[:-1], indices=[0, 2]),
+    ),
+    "consistency.choose_levels": (
+        consistency.choose_levels,
+        lambda: dict(
+            model=consistency.ConsistencyFunction(TINY, sigma_min=float(GRID[-2].sigma)),
+            candidates=GRID[:-1],
+            steps=2,
+            score=lambda samples: float(samples.square().mean()),
+            start=x2().float(),
+            seed=0,
         ),
     ),
     "grids.power_grid": (

@@ -57,6 +57,7 @@ from torch import nn
 
 from diffusion_core import checkpoints, distributed
 from diffusion_core._validation import (
+    MAX_LEVEL,
     check_callable,
     check_float,
     check_number,
@@ -88,8 +89,19 @@ def boundary_coefficients(sigma, sigma_min: float, sigma_data: float):
     """(c_skip, c_out) at the noise level(s) ``sigma`` >= ``sigma_min`` (module docstring):
     c_skip = s_d^2 / ((sigma - sigma_min)^2 + s_d^2), c_out = s_d (sigma - sigma_min) /
     sqrt(s_d^2 + sigma^2). Exactly (1, 0) at sigma = sigma_min. Floats or tensors."""
-    sigma_min = check_number("sigma_min", sigma_min, 0.0, low_open=True)
-    sigma_data = check_number("sigma_data", sigma_data, 0.0, low_open=True)
+    sigma_min = check_number("sigma_min", sigma_min, 0.0, MAX_LEVEL, low_open=True)
+    sigma_data = check_number("sigma_data", sigma_data, 0.0, MAX_LEVEL, low_open=True)
+    low = sigma_min * (1 - 1e-12)  # sigma_min itself, up to the rounding of a grid's levels
+    if isinstance(sigma, torch.Tensor):
+        check_float("sigma", sigma)
+        if sigma.numel() and not (low <= float(sigma.min()) and float(sigma.max()) <= MAX_LEVEL):
+            raise ValueError(
+                f"sigma must lie in [sigma_min, {MAX_LEVEL:g}] with sigma_min = {sigma_min:g}"
+            )
+    else:
+        sigma = check_number("sigma", sigma, 0.0, MAX_LEVEL)
+        if sigma < low:
+            raise ValueError(f"sigma must be at least sigma_min = {sigma_min:g}, got {sigma:g}")
     gap = sigma - sigma_min
     c_skip = sigma_data**2 / (gap**2 + sigma_data**2)
     root = math.sqrt if isinstance(sigma, float | int) else torch.sqrt
@@ -124,6 +136,8 @@ class ConsistencyFunction:
 
     def __call__(self, x: torch.Tensor, point) -> torch.Tensor:
         check_float("x", x)
+        if not isinstance(point, GridPoint):
+            raise TypeError(f"point must be a GridPoint, got {type(point).__name__}")
         scale, sigma = _levels(point, x)
         low = sigma.min() if isinstance(sigma, torch.Tensor) else sigma
         if not low >= self.sigma_min * (1 - 1e-12):
@@ -152,15 +166,25 @@ def heun_step(teacher: Callable, y: torch.Tensor, here: GridPoint, there: GridPo
     return y + (sigma_next - sigma) * (slope + slope_next) / 2
 
 
-def _check_noisy_grid(grid) -> TimeGrid:
+def _check_noisy_grid(grid, name: str = "grid") -> TimeGrid:
     if not isinstance(grid, TimeGrid):
-        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+        raise TypeError(f"{name} must be a TimeGrid, got {type(grid).__name__}")
     if float(grid.std.min()) <= 0 or float(grid.scale.min()) <= 0:
         raise ValueError(
-            "grid must hold noisy levels only (scale > 0 and std > 0 at every point): pass "
+            f"{name} must hold noisy levels only (scale > 0 and std > 0 at every point): pass "
             "process.grid(N)[:-1], without the clean end"
         )
     return grid
+
+
+def _check_batch(batch, name: str = "batch") -> torch.Tensor:
+    """A finite floating-point batch (n, ...) with n >= 1."""
+    check_float(name, batch)
+    if batch.ndim < 2 or batch.shape[0] < 1:
+        raise ValueError(
+            f"{name} must have shape (n, ...) with n >= 1 samples, got {tuple(batch.shape)}"
+        )
+    return batch
 
 
 def _points(grid: TimeGrid, index: torch.Tensor) -> GridPoint:
@@ -226,7 +250,8 @@ class ConsistencyDistillationLoss(Objective):
         return target.train(student.training)
 
     def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
-        check_float("batch", batch)
+        _check_batch(batch)
+        check_torch_generator("generator", generator)
         where = generator.device
         count = len(self.grid.t)
         index = torch.randint(0, count - 1, (batch.shape[0],), generator=generator, device=where)
@@ -295,10 +320,17 @@ def choose_levels(
     Returns the grid with its clean end appended."""
     if not isinstance(model, ConsistencyFunction):
         raise TypeError(f"model must be a ConsistencyFunction, got {type(model).__name__}")
-    _check_noisy_grid(candidates)
+    _check_noisy_grid(candidates, "candidates")
     steps = check_positive_int("steps", steps, maximum=len(candidates.t) - 1)
     check_callable("score", score, "score(samples) -> float")
-    check_float("start", start)
+    _check_batch(start, "start")
+    seed = check_positive_int("seed", seed, minimum=0, maximum=2**63 - 1)
+    try:
+        model(start, candidates[0])
+    except (RuntimeError, ValueError) as error:  # a shape the network refuses
+        raise ValueError(
+            f"start must be a batch that model accepts, got shape {tuple(start.shape)}: {error}"
+        ) from error
     chosen = [0]
     for _ in range(steps - 1):
         trials = {}
@@ -317,7 +349,7 @@ def levels_grid(candidates: TimeGrid, indices) -> TimeGrid:
     """The sampling grid of the levels ``indices`` (distinct, any order) of the noisy grid
     ``candidates``, from noisy to clean, with the clean end (t = 0, scale 1, std 0) appended:
     a grid of len(indices) steps for :func:`consistency_sample`."""
-    _check_noisy_grid(candidates)
+    _check_noisy_grid(candidates, "candidates")
     count = len(candidates.t)
     if (
         not isinstance(indices, list | tuple)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion_core import checkpoints, distributed
-from diffusion_core._validation import check_float
+from diffusion_core._validation import check_float, check_torch_generator
 from diffusion_core.losses import Objective
 from diffusion_core.nets import MLPDenoiser
 from diffusion_core.parameterization import as_denoiser
@@ -135,8 +135,9 @@ class ProgressiveDistillationLoss(Objective):
 
     def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
         check_float("batch", batch)
-        if batch.ndim != 2:
-            raise ValueError(f"batch must hold vectors (n, d), got {tuple(batch.shape)}")
+        if batch.ndim != 2 or batch.shape[0] < 1:
+            raise ValueError(f"batch must hold n >= 1 vectors (n, d), got {tuple(batch.shape)}")
+        check_torch_generator("generator", generator)
         where = generator.device
         index = torch.randint(0, self.steps, (batch.shape[0],), generator=generator, device=where)
         noise = torch.randn(batch.shape, generator=generator, dtype=F64, device=where)

@@ -128,7 +128,7 @@ def test_bad_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match="prediction must be one of"):
         distill.student_sampler(MLPDenoiser(), prediction="eps")
     loss = distill.ProgressiveDistillationLoss(TEACHER, grid)
-    with pytest.raises(ValueError, match="batch must hold vectors"):
+    with pytest.raises(ValueError, match="batch must hold n >= 1 vectors"):
         loss(MLPDenoiser(), torch.zeros(4, 1, 2), None, torch.Generator())
 
 

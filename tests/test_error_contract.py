@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from diffusion_core import (
     analytic,
     audio,
+    consistency,
+    distill,
     flow,
     forward,
     grids,
@@ -171,6 +173,19 @@ CALLS = {
         lambda kwargs: tuple(kwargs["x"].shape),
         True,
     ),
+    "boundary_coefficients": (
+        consistency.boundary_coefficients,
+        lambda: {"sigma": 1.0, "sigma_min": 0.01, "sigma_data": 0.5},
+        None,
+        True,
+    ),
+    "levels_grid": (
+        consistency.levels_grid,
+        lambda: {"candidates": LIN.grid(6)[:-1], "indices": [0, 3]},
+        None,
+        True,
+    ),
+    "halve": (distill.halve, lambda: {"grid": LIN.grid(4)}, None, True),
     "power_grid": (
         grids.power_grid,
         lambda: {"process": LIN, "steps": 4, "power": 2.0, "t_end": 3.0},
