@@ -88,6 +88,7 @@ from diffusion_core._validation import (
 )
 from diffusion_core.device import autocast_context, get_device, maybe_compile, tf32_context
 from diffusion_core.losses import Objective
+from diffusion_core.nets import count_parameters
 
 __all__ = [
     "LR_SCHEDULES",
@@ -102,6 +103,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "train",
+    "training_record",
     "update_ema",
 ]
 
@@ -209,6 +211,24 @@ class TrainResult:
     losses: list[float] = field(repr=False)
     ema: nn.Module | None = field(repr=False)
     step: int
+
+
+def training_record(result: TrainResult, seconds: float, cpu_seconds: float) -> dict:
+    """What a packaged checkpoint keeps of the run that made it: the net's parameter count, the
+    loss of every step (float32), the wall-clock and CPU ``seconds`` the run took (finite,
+    >= 0, rounded to 0.1 s), the number of torch threads and the torch version."""
+    if not isinstance(result, TrainResult):
+        raise TypeError(f"result must be a TrainResult, got {type(result).__name__}")
+    seconds = check_number("seconds", seconds, 0.0)
+    cpu_seconds = check_number("cpu_seconds", cpu_seconds, 0.0)
+    return {
+        "parameters": count_parameters(result.net),
+        "losses": torch.tensor(result.losses, dtype=torch.float32),
+        "train_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "threads": torch.get_num_threads(),
+        "torch_version": str(torch.__version__),
+    }
 
 
 def ema_decay_at(decay: float, step: int) -> float:

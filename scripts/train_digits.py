@@ -22,8 +22,6 @@ import pathlib
 import sys
 import time
 
-import torch
-
 from diffusion_core import checkpoints
 from diffusion_core.device import seed_everything
 from diffusion_core.images import (
@@ -32,8 +30,7 @@ from diffusion_core.images import (
     digits_recipe,
     load_digits_split,
 )
-from diffusion_core.nets import count_parameters
-from diffusion_core.train import train
+from diffusion_core.train import train, training_record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -72,12 +69,7 @@ def train_model(name: str, steps: int | None = None, progress: bool = False) -> 
         "schedule": {"kind": "linear", "T": 1000},
         "prediction": objective.prediction,
         "data": {"test_fraction": 0.2, "seed": 0, "train_size": len(split.train_images)},
-        "parameters": count_parameters(net),
-        "losses": torch.tensor(run.losses, dtype=torch.float32),
-        "train_seconds": round(seconds, 1),
-        "cpu_seconds": round(cpu_seconds, 1),
-        "threads": torch.get_num_threads(),
-        "torch_version": str(torch.__version__),
+        **training_record(run, seconds, cpu_seconds),
         "ema": run.ema.state_dict(),
     }
 

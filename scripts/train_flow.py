@@ -34,15 +34,12 @@ import pathlib
 import sys
 import time
 
-import torch
-
 from diffusion_core import checkpoints
 from diffusion_core.device import seed_everything
 from diffusion_core.images import DIGITS_MODELS, build_net, digits_schedule, load_digits_split
 from diffusion_core.likelihood import dequantize
 from diffusion_core.losses import DiffusionLoss, FlowMatchingLoss
-from diffusion_core.nets import count_parameters
-from diffusion_core.train import TrainConfig, train
+from diffusion_core.train import TrainConfig, train, training_record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "diffusion_core" / "weights"
@@ -98,12 +95,7 @@ def train_flow(
             "train_size": len(split.train_images),
             "dequantization": {"bin_width": BIN_WIDTH, "copies": COPIES},
         },
-        "parameters": count_parameters(net),
-        "losses": torch.tensor(run.losses, dtype=torch.float32),
-        "train_seconds": round(seconds, 1),
-        "cpu_seconds": round(cpu_seconds, 1),
-        "threads": torch.get_num_threads(),
-        "torch_version": str(torch.__version__),
+        **training_record(run, seconds, cpu_seconds),
         "ema": run.ema.state_dict(),
     }
 

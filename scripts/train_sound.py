@@ -24,8 +24,7 @@ import torch
 
 from diffusion_core import audio, checkpoints
 from diffusion_core.device import seed_everything
-from diffusion_core.nets import count_parameters
-from diffusion_core.train import train
+from diffusion_core.train import train, training_record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = {"classifier": "spoken_digits_classifier", "denoiser": "spoken_digits_denoiser"}
@@ -75,12 +74,7 @@ def train_denoiser(steps: int | None = None, progress: bool = False) -> dict:
         "prediction": objective.prediction,
         "voices": list(audio.MODEL_VOICES),
         "train_size": len(data),
-        "parameters": count_parameters(net),
-        "losses": torch.tensor(run.losses, dtype=torch.float32),
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "threads": torch.get_num_threads(),
-        "torch_version": str(torch.__version__),
+        **training_record(run, time.perf_counter() - start, time.process_time() - cpu_start),
         # half precision: half the file, and the samples' scores do not change measurably
         "ema": {name: value.half() for name, value in run.ema.state_dict().items()},
     }

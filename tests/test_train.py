@@ -30,6 +30,7 @@ from diffusion_core.train import (
     load_checkpoint,
     save_checkpoint,
     train,
+    training_record,
     update_ema,
 )
 
@@ -574,3 +575,20 @@ def test_schedules_of_the_loop_refuse_bad_input_by_name():
         learning_rate_at({"lr": 0.1}, 0)
     with pytest.raises(ValueError, match="step must be in 0..3"):
         learning_rate_at(tiny_config(steps=4), 4)
+
+
+def test_training_record_keeps_what_a_packaged_checkpoint_states(data, schedule):
+    run = train(tiny_net(), data, schedule, tiny_config(steps=5), progress=False)
+    record = training_record(run, 12.34, 10.06)
+    assert record["parameters"] == sum(p.numel() for p in run.net.parameters())
+    assert record["losses"].dtype == torch.float32
+    assert record["losses"].tolist() == pytest.approx(run.losses, rel=1e-6)
+    assert (record["train_seconds"], record["cpu_seconds"]) == (12.3, 10.1)
+    assert record["threads"] == torch.get_num_threads()
+    assert record["torch_version"] == str(torch.__version__)
+    with pytest.raises(TypeError, match="result must be a TrainResult"):
+        training_record(run.net, 1.0, 1.0)
+    with pytest.raises(ValueError, match="seconds"):
+        training_record(run, -1.0, 1.0)
+    with pytest.raises(ValueError, match="cpu_seconds"):
+        training_record(run, 1.0, math.nan)
