@@ -1,5 +1,8 @@
-"""Shared pytest configuration: one Hypothesis profile for the whole suite, and a fixture that
-runs a module's tests with one torch thread."""
+"""Shared pytest configuration: one Hypothesis profile for the whole suite, a fixture that
+runs a module's tests with one torch thread, and one that imports a script of scripts/."""
+
+import importlib.util
+import pathlib
 
 import pytest
 import torch
@@ -21,3 +24,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(name)`` imports ``scripts/NAME.py`` (the scripts are not a package) and
+    returns it as a module, for the tests that run a training or data script."""
+
+    def load(name: str):
+        path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,8 +1,6 @@
 """Tests of diffusion_core.audio: the log-mel features and their inverse, pitch, the committed
 spoken-digit data (and the script that makes it), the judge and the denoiser's checkpoint."""
 
-import importlib.util
-import pathlib
 import shutil
 
 import numpy as np
@@ -11,7 +9,6 @@ import torch
 
 from diffusion_core import audio, checkpoints
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 ESPEAK = shutil.which("espeak-ng")
 
 
@@ -242,18 +239,9 @@ def test_the_voice_split_is_disjoint_and_covers_everything(data):
         data.voices(["nobody"])
 
 
-def _make_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_spoken_digits", ROOT / "scripts" / "make_spoken_digits.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
-def test_the_data_script_is_deterministic_and_made_the_committed_file():
-    script = _make_script()
+def test_the_data_script_is_deterministic_and_made_the_committed_file(load_script):
+    script = load_script("make_spoken_digits")
     first, second = script.make(limit=4), script.make(limit=4)
     for key in ("features", "word", "voice", "speed", "pitch", "truncated"):
         np.testing.assert_array_equal(first[key], second[key])

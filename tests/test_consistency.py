@@ -1,9 +1,7 @@
 """Consistency distillation: the boundary condition, the objective against a computation by
 hand and at the exact flow map, a trained student against one-step DDIM, the sampler, errors."""
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -229,13 +227,10 @@ def test_the_packaged_model_samples_the_mixture_in_one_step():
         consistency.load_consistency_model(checkpoints.packaged("fewstep_consistency"), "x")
 
 
-def test_the_consistency_script_is_deterministic():
+def test_the_consistency_script_is_deterministic(load_script):
     """scripts/train_students.py, the mixture's consistency model shortened to 5 steps and a
     small pilot, twice: the same float16 weights and levels bit for bit."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_students.py"
-    spec = importlib.util.spec_from_file_location("train_students", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_students")
     runs = [
         script.train_consistency_mixture(steps=5, pilot=200, log=lambda _: None)["models"][
             "mixture"

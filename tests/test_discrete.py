@@ -4,10 +4,8 @@ Monte Carlo checks use k = 4 standard errors (diffusion_core.metrics.assert_with
 implementation fails one with probability about 6e-5.
 """
 
-import importlib.util
 import itertools
 import math
-import pathlib
 
 import pytest
 import torch
@@ -337,16 +335,8 @@ def test_bad_input_is_refused_by_name():
 # --- the packaged models ----------------------------------------------------------------------
 
 
-def _train_text_script():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("train_text", root / "scripts/train_text.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_text_training_script_is_reproducible_and_matches_the_packaged_run(tmp_path):
-    script = _train_text_script()
+def test_text_training_script_is_reproducible_and_matches_the_packaged_run(tmp_path, load_script):
+    script = load_script("train_text")
     out = [tmp_path / f"{name}.safetensors" for name in "ab"]
     for path in out:
         script.main(["--steps", "2", "--out", str(path)])

@@ -1,8 +1,6 @@
 """Progressive distillation: the targets' algebra, one round against its teacher, the errors."""
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -139,13 +137,10 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
         distill.load_students(path)
 
 
-def test_the_training_script_is_deterministic():
+def test_the_training_script_is_deterministic(load_script):
     """scripts/train_students.py, every round shortened to 5 steps, twice: the same students
     bit for bit, of the kinds and sizes the packaged checkpoint holds."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_students.py"
-    spec = importlib.util.spec_from_file_location("train_students", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_students")
     first, second = (script.train_students(steps=5, log=lambda _: None) for _ in range(2))
     assert sorted(first["students"]) == ["steps_1", "steps_2", "steps_4", "steps_8"]
     for name, weights in first["students"].items():

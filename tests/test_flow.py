@@ -8,10 +8,8 @@ closed form for Gaussian data, OT pairs against brute force. Monte Carlo checks 
 standard errors (:func:`diffusion_core.metrics.assert_within`).
 """
 
-import importlib.util
 import itertools
 import math
-import pathlib
 
 import pytest
 import torch
@@ -452,16 +450,8 @@ def test_objective_refuses_batches_of_the_wrong_shape():
 # ------------------------------------------------------------------ the training script
 
 
-def _train_flow_script():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("train_flow", root / "scripts/train_flow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_flow_training_script_is_reproducible_and_matches_the_packaged_run(tmp_path):
-    script = _train_flow_script()
+def test_flow_training_script_is_reproducible_and_matches_the_packaged_run(tmp_path, load_script):
+    script = load_script("train_flow")
     out = [tmp_path / f"{name}.safetensors" for name in "ab"]
     for path in out:
         script.main(["--steps", "2", "--out", str(path)])
@@ -477,8 +467,10 @@ def test_flow_training_script_is_reproducible_and_matches_the_packaged_run(tmp_p
     torch.testing.assert_close(a["losses"], packaged_record["losses"][:2], rtol=1e-5, atol=0)
 
 
-def test_eps_objective_of_the_script_is_reproducible_and_loads_back_in_float16(tmp_path):
-    script = _train_flow_script()
+def test_eps_objective_of_the_script_is_reproducible_and_loads_back_in_float16(
+    tmp_path, load_script
+):
+    script = load_script("train_flow")
     out = {name: tmp_path / f"{name}.safetensors" for name in ("eps_a", "eps_b", "flow")}
     for name in ("eps_a", "eps_b"):
         script.main(["--steps", "2", "--objective", "eps", "--seed", "3", "--out", str(out[name])])
@@ -510,8 +502,8 @@ def test_eps_objective_of_the_script_is_reproducible_and_loads_back_in_float16(t
         flow.load_digits_model_set(out["flow"])
 
 
-def test_packaged_equal_budget_models_match_the_script(tmp_path):
-    script = _train_flow_script()
+def test_packaged_equal_budget_models_match_the_script(tmp_path, load_script):
+    script = load_script("train_flow")
     models = flow.load_digits_model_set()
     short = checkpoints.load(
         script.main(

@@ -6,9 +6,7 @@ for a unit test. Instead, the script is run twice for a few steps and must give 
 bit for bit, and the committed checkpoints must record the settings the script uses.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -17,8 +15,6 @@ from hypothesis import strategies as st
 
 from diffusion_core import checkpoints, images, metrics
 from diffusion_core.nets import UNet
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +25,6 @@ def split():
 @pytest.fixture(scope="module")
 def classifier(split, tmp_path_factory):
     return images.digits_classifier(split, cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts/train_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -237,8 +226,8 @@ def test_load_digits_model_round_trip(tmp_path):
         images.load_digits_model(path)
 
 
-def test_training_script_is_reproducible_bit_for_bit(tmp_path):
-    script = load_script()
+def test_training_script_is_reproducible_bit_for_bit(tmp_path, load_script):
+    script = load_script("train_digits")
     out = [str(tmp_path / f"{name}.safetensors") for name in "ab"]
     first = script.main(["conditional", "--steps", "3", "--out", out[0]])
     second = script.main(["conditional", "--steps", "3", "--out", out[1]])
