@@ -187,10 +187,6 @@ def _check_batch(batch, name: str = "batch") -> torch.Tensor:
     return batch
 
 
-def _points(grid: TimeGrid, index: torch.Tensor) -> GridPoint:
-    return GridPoint(grid.t[index], grid.scale[index], grid.std[index])
-
-
 @dataclass(eq=False)
 class ConsistencyDistillationLoss(Objective):
     """The consistency-distillation objective (Song et al. 2023, Alg. 2) for
@@ -257,7 +253,7 @@ class ConsistencyDistillationLoss(Objective):
         index = torch.randint(0, count - 1, (batch.shape[0],), generator=generator, device=where)
         noise = torch.randn(batch.shape, generator=generator, dtype=F64, device=where)
         x0, index, noise = distributed.shard(batch.to(F64), index.cpu(), noise.to(batch.device))
-        here, there = _points(self.grid, index), _points(self.grid, index + 1)
+        here, there = self.grid.at(index), self.grid.at(index + 1)
         scale, sigma = _levels(here, x0)
         y = x0 + sigma * noise
         with torch.no_grad():

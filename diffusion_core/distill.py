@@ -70,11 +70,6 @@ def halve(grid: TimeGrid) -> TimeGrid:
     return grid[::2]
 
 
-def _points(grid: TimeGrid, index: torch.Tensor) -> GridPoint:
-    """The grid points ``index`` (one per sample) as one GridPoint of (n,) tensors."""
-    return GridPoint(grid.t[index], grid.scale[index], grid.std[index])
-
-
 def _ddim_step(x, x0_hat, here: GridPoint, there: GridPoint) -> torch.Tensor:
     """x' = (std' / std) x + (scale' - std' scale / std) x0_hat, per sample (std > 0)."""
     ratio = (there.std / here.std)[:, None]
@@ -124,7 +119,7 @@ class ProgressiveDistillationLoss(Objective):
         """x0_target (float64) for the states ``x`` at the student's grid points ``index``: two
         teacher DDIM steps, through the teacher's point in between, then the x0_hat whose one
         DDIM step lands on their result (module docstring)."""
-        here, middle, there = (_points(self.grid, 2 * index + k) for k in range(3))
+        here, middle, there = (self.grid.at(2 * index + k) for k in range(3))
         x = x.to(F64)
         x_mid = _ddim_step(x, self.teacher(x, here).to(F64), here, middle)
         if bool((middle.std == 0).any()):
@@ -142,7 +137,7 @@ class ProgressiveDistillationLoss(Objective):
         index = torch.randint(0, self.steps, (batch.shape[0],), generator=generator, device=where)
         noise = torch.randn(batch.shape, generator=generator, dtype=F64, device=where)
         x0, index, noise = distributed.shard(batch.to(F64), index.cpu(), noise.to(batch.device))
-        here = _points(self.grid, 2 * index)  # the student's point i is the teacher's 2i
+        here = self.grid.at(2 * index)  # the student's point i is the teacher's 2i
         x = here.scale.to(x0.device)[:, None] * x0 + here.std.to(x0.device)[:, None] * noise
         target = self.targets(x, index).to(x0.device)
         student = as_denoiser(net, self.prediction)

@@ -178,6 +178,11 @@ class TimeGrid:
     def __len__(self) -> int:
         return len(self.points)
 
+    def at(self, index: torch.Tensor) -> GridPoint:
+        """The points ``index`` (an integer tensor, one index per sample) as one GridPoint of
+        (n,) tensors: the per-sample points at which a training objective evaluates a model."""
+        return GridPoint(self.t[index], self.scale[index], self.std[index])
+
     @property
     def steps(self) -> int:
         """Number K of steps (grid points minus one)."""

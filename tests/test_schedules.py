@@ -648,3 +648,12 @@ def test_karras_and_log_snr_grids_build_on_every_discrete_schedule(builder, T):
             grid = schedule.grid(k, spacing)
             assert grid.steps == k and grid.t[0] == T and grid.t[-2] == 1 and grid.t[-1] == 0
             assert float(grid.sigma[0]) == float(sigma_of(schedule, torch.tensor([T])))
+
+
+def test_grid_at_gives_one_point_per_sample():
+    grid = linear_schedule(100).grid(5)
+    index = torch.tensor([0, 3, 3, 5])
+    point = grid.at(index)
+    for got, whole in ((point.t, grid.t), (point.scale, grid.scale), (point.std, grid.std)):
+        assert torch.equal(got, whole[index])
+    assert [grid[i].std for i in index.tolist()] == point.std.tolist()
