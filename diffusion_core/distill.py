@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 
 from diffusion_core import checkpoints, distributed
-from diffusion_core._validation import check_float, check_torch_generator
+from diffusion_core._validation import check_float, check_torch_generator, per_sample
+from diffusion_core.images import build_net
 from diffusion_core.losses import Objective
 from diffusion_core.nets import MLPDenoiser
 from diffusion_core.parameterization import as_denoiser
@@ -70,10 +71,17 @@ def halve(grid: TimeGrid) -> TimeGrid:
     return grid[::2]
 
 
+def _ddim_coefficients(x, here: GridPoint, there: GridPoint):
+    """(std' / std, scale' - std' scale / std): the coefficients of x and x0_hat in one DDIM
+    step, per sample, shaped to broadcast over ``x`` (any sample shape; std > 0)."""
+    ratio = per_sample(there.std / here.std, x)
+    return ratio, per_sample(there.scale, x) - ratio * per_sample(here.scale, x)
+
+
 def _ddim_step(x, x0_hat, here: GridPoint, there: GridPoint) -> torch.Tensor:
     """x' = (std' / std) x + (scale' - std' scale / std) x0_hat, per sample (std > 0)."""
-    ratio = (there.std / here.std)[:, None]
-    return ratio * x + (there.scale[:, None] - ratio * here.scale[:, None]) * x0_hat
+    ratio, gain = _ddim_coefficients(x, here, there)
+    return ratio * x + gain * x0_hat
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,11 +92,12 @@ class ProgressiveDistillationLoss(Objective):
     ``teacher``: a denoiser ``teacher(x, point) -> x0_hat`` that accepts a point of (n,)
     tensors (module docstring), run without gradients. ``grid``: the teacher's grid of 2K
     steps; the student's is :func:`halve` of it. ``prediction``: what the student network
-    ``net(x, t)`` predicts, ``"v"`` or ``"x0"``. The data (n, d) are clean samples.
+    ``net(x, t)`` predicts, ``"v"`` or ``"x0"``. The data are clean samples, (n, d) vectors or
+    (n, c, h, w) images.
 
-    loss_i = max(SNR_i, 1) |x0_hat_i - x0_target_i|^2 / d at a student point i drawn uniformly
-    for each sample, x = scale_i x0 + std_i eps; the point index and eps are drawn from the
-    generator, in that order, for the global batch.
+    loss_i = max(SNR_i, 1) |x0_hat_i - x0_target_i|^2 / d (d entries per sample) at a student
+    point i drawn uniformly for each sample, x = scale_i x0 + std_i eps; the point index and
+    eps are drawn from the generator, in that order, for the global batch.
     """
 
     teacher: Callable
@@ -125,27 +134,30 @@ class ProgressiveDistillationLoss(Objective):
         if bool((middle.std == 0).any()):
             raise ValueError("the teacher's grid may reach std = 0 only at its last point")
         x_end = _ddim_step(x_mid, self.teacher(x_mid, middle).to(F64), middle, there)
-        ratio = (there.std / here.std)[:, None]
-        return (x_end - ratio * x) / (there.scale[:, None] - ratio * here.scale[:, None])
+        ratio, gain = _ddim_coefficients(x, here, there)
+        return (x_end - ratio * x) / gain
 
     def __call__(self, net, batch: torch.Tensor, labels, generator: torch.Generator):
         check_float("batch", batch)
-        if batch.ndim != 2 or batch.shape[0] < 1:
-            raise ValueError(f"batch must hold n >= 1 vectors (n, d), got {tuple(batch.shape)}")
+        if batch.ndim < 2 or batch.shape[0] < 1:
+            raise ValueError(
+                f"batch must hold n >= 1 samples (n, d) or (n, c, h, w), got {tuple(batch.shape)}"
+            )
         check_torch_generator("generator", generator)
         where = generator.device
         index = torch.randint(0, self.steps, (batch.shape[0],), generator=generator, device=where)
         noise = torch.randn(batch.shape, generator=generator, dtype=F64, device=where)
         x0, index, noise = distributed.shard(batch.to(F64), index.cpu(), noise.to(batch.device))
         here = self.grid.at(2 * index)  # the student's point i is the teacher's 2i
-        x = here.scale.to(x0.device)[:, None] * x0 + here.std.to(x0.device)[:, None] * noise
+        scale, std = (per_sample(level.to(x0.device), x0) for level in (here.scale, here.std))
+        x = scale * x0 + std * noise
         target = self.targets(x, index).to(x0.device)
         student = as_denoiser(net, self.prediction)
         point = GridPoint(here.t.to(batch.device), here.scale, here.std)
         x0_hat = student(x.to(batch.dtype), point).to(F64)
         snr = (here.scale / here.std).square().to(x0.device)
         weight = snr.clamp_min(1.0)
-        return (weight * (x0_hat - target).square().mean(1)).to(batch.dtype)
+        return (weight * (x0_hat - target).square().flatten(1).mean(1)).to(batch.dtype)
 
 
 def student_sampler(net: Callable, prediction: str = "v") -> Callable:
@@ -162,15 +174,20 @@ def student_sampler(net: Callable, prediction: str = "v") -> Callable:
     return sample
 
 
-def load_students(path) -> dict[int, MLPDenoiser]:
+def load_students(path) -> dict[int, torch.nn.Module]:
     """The students of a checkpoint written by ``scripts/train_students.py`` (kind
-    "fewstep_students"), by number of steps, as MLP denoisers in eval mode predicting the
-    checkpoint's ``prediction``. Raises :class:`~diffusion_core.checkpoints.CheckpointError`
-    for a file of another kind or a damaged one."""
+    "fewstep_students"), by number of steps, in eval mode without gradients, predicting the
+    checkpoint's ``prediction``: MLP denoisers for the 2-D mixture (``kind`` "mlp", the
+    default), U-Nets for the digits (``kind`` "unet", weights stored in float16 and loaded into
+    float32). Raises :class:`~diffusion_core.checkpoints.CheckpointError` for a file of another
+    kind or a damaged one."""
     state = checkpoints.load(path, checkpoints.FEWSTEP_STUDENTS)
+    kind = state.get("kind", "mlp")
+    if kind not in ("mlp", "unet"):
+        raise checkpoints.CheckpointError(f"{path} holds students of unknown kind {kind!r}")
     students = {}
     for name, weights in state["students"].items():
-        net = MLPDenoiser(**state["net"])
-        net.load_state_dict(weights)
+        net = MLPDenoiser(**state["net"]) if kind == "mlp" else build_net(state["net"])
+        net.load_state_dict({key: value.float() for key, value in weights.items()})
         students[int(name.removeprefix("steps_"))] = net.eval().requires_grad_(False)
     return dict(sorted(students.items()))

@@ -16,6 +16,15 @@ The checkpoint (kind "fewstep_students") holds the students of 8, 4, 2 and 1 ste
 settings, each round's final loss and seconds. Chapter 8 reads it with
 ``diffusion_core.distill.load_students(checkpoints.packaged("fewstep_students"))``.
 
+    python scripts/train_students.py --which digits_progressive
+                                        # -> fewstep_digits_students.safetensors
+
+The same rounds for the book's unconditional digits denoiser (``digits_unconditional``, an eps
+U-Net): the first teacher is DDIM with it on 64 steps uniform in log-SNR, the first student a
+U-Net of the same shape that predicts v, initialised from the teacher's weights (so its first
+round also teaches it the new output); the students of 8, 4, 2 and 1 steps are stored in
+float16, read by the same ``load_students``.
+
     python scripts/train_students.py --which consistency   # -> fewstep_consistency.safetensors
     python scripts/train_students.py --which digits        # -> fewstep_digits.safetensors
 
@@ -33,6 +42,7 @@ weights are stored in float16 (kind "consistency_students"); Chapter 8 reads the
 from __future__ import annotations
 
 import argparse
+import copy
 import pathlib
 import sys
 import time
@@ -55,6 +65,7 @@ PATHS = {
     "progressive": DEFAULT_PATH,
     "consistency": WEIGHTS / "fewstep_consistency.safetensors",
     "digits": WEIGHTS / "fewstep_digits.safetensors",
+    "digits_progressive": WEIGHTS / "fewstep_digits_students.safetensors",
 }
 TEACHER_STEPS = 64
 KEEP = (8, 4, 2, 1)  # the students that ship
@@ -80,6 +91,12 @@ CONSISTENCY = {
         "train": {"steps": 1500, "batch_size": 128, "lr": 4e-4, "lr_schedule": "cosine"},
     },
 }
+DIGITS_PROGRESSIVE = {
+    "teacher_steps": 64,
+    "spacing": "log_snr",
+    "first_round": {"steps": 3000, "batch_size": 128, "lr": 2e-4, "lr_schedule": "cosine"},
+    "later_rounds": {"steps": 1500, "batch_size": 128, "lr": 2e-4, "lr_schedule": "cosine"},
+}
 PILOT, PILOT_SEED, LEVELS_SEED = 4000, 21, 22  # the starts and data that choose the levels
 SAMPLING_STEPS = (2, 4)
 
@@ -91,30 +108,13 @@ def train_students(steps: int | None = None, log=print) -> dict:
     mixture, schedule = default_mixture_2d(), linear_schedule(1000)
     data = mixture.sample(DATA_SIZE, torch.Generator().manual_seed(DATA_SEED)).float()
     grid = schedule.grid(TEACHER_STEPS, "log_snr")
-    teacher, net = exact_denoiser(mixture), MLPDenoiser(**NET)
-    students, rounds = {}, []
-    for k in range(TEACHER_STEPS.bit_length() - 1):
-        settings = dict(FIRST_ROUND if k == 0 else LATER_ROUNDS, ema_decay=None, seed=k)
-        if steps is not None:
-            settings["steps"] = steps
-        objective = distill.ProgressiveDistillationLoss(teacher, grid)
-        began = time.perf_counter()
-        run = train(net, data, objective, TrainConfig(**settings), progress=False, device="cpu")
-        seconds = time.perf_counter() - began
-        loss = sum(run.losses[-100:]) / len(run.losses[-100:])
-        rounds.append({"steps": objective.steps, "loss": loss, "seconds": round(seconds, 1)})
-        log(
-            f"round {k + 1}: {grid.steps} -> {objective.steps} steps, loss {loss:.2e}, "
-            f"{seconds:.0f} s"
-        )
-        if objective.steps in KEEP:
-            students[f"steps_{objective.steps}"] = {
-                name: value.clone() for name, value in net.state_dict().items()
-            }
-        net.eval()
-        teacher, grid = as_denoiser(net, "v"), distill.halve(grid)
-        net = _copy(net)
+    rounds = (FIRST_ROUND, *[LATER_ROUNDS] * (TEACHER_STEPS.bit_length() - 2))
+    net = MLPDenoiser(**NET)
+    students, record = _progressive_rounds(
+        net, exact_denoiser(mixture), grid, data, rounds, KEEP, steps, log
+    )
     return {
+        "kind": "mlp",
         "net": NET,
         "prediction": "v",
         "teacher_steps": TEACHER_STEPS,
@@ -125,18 +125,86 @@ def train_students(steps: int | None = None, log=print) -> dict:
         "data": {"size": DATA_SIZE, "seed": DATA_SEED},
         "init_seed": INIT_SEED,
         "parameters": count_parameters(net),
-        "rounds": rounds,
+        "rounds": record,
         "threads": torch.get_num_threads(),
         "torch_version": str(torch.__version__),
         "students": students,
     }
 
 
-def _copy(net: MLPDenoiser) -> MLPDenoiser:
-    """A fresh student with its teacher's weights, in training mode."""
-    student = MLPDenoiser(**NET)
-    student.load_state_dict(net.state_dict())
-    return student.train()
+def train_digits_students(steps: int | None = None, log=print) -> dict:
+    """Progressive distillation of the unconditional digits denoiser (an eps U-Net): the
+    first teacher is DDIM with it on DIGITS_PROGRESSIVE's grid; the first student, a U-Net of
+    the same shape predicting v, starts from its weights. Weights are stored in float16."""
+    settings = DIGITS_PROGRESSIVE
+    seed_everything(INIT_SEED)
+    teacher_net, teacher_record = images.load_digits_model(
+        checkpoints.packaged("digits_unconditional")
+    )
+    schedule, split = images.digits_schedule(), images.load_digits_split()
+    grid = schedule.grid(settings["teacher_steps"], settings["spacing"])
+    net = images.build_net(teacher_record["net"])
+    net.load_state_dict(teacher_net.state_dict())
+    net.requires_grad_(True)
+    rounds = (settings["first_round"], *[settings["later_rounds"]] * (grid.steps.bit_length() - 2))
+    students, record = _progressive_rounds(
+        net, _per_sample_eps(teacher_net), grid, split.train_images, rounds, KEEP, steps, log
+    )
+    return {
+        **{name: value for name, value in settings.items()},
+        "kind": "unet",
+        "net": teacher_record["net"],
+        "prediction": "v",
+        "schedule": {"kind": "linear", "T": 1000},
+        "init_seed": INIT_SEED,
+        "parameters": count_parameters(net),
+        "rounds": record,
+        "threads": torch.get_num_threads(),
+        "torch_version": str(torch.__version__),
+        "students": {
+            name: {key: value.to(torch.float16) for key, value in weights.items()}
+            for name, weights in students.items()
+        },
+    }
+
+
+def _progressive_rounds(net, teacher, grid, data, rounds, keep, steps, log):
+    """Alg. 2 of Salimans & Ho: one round per entry of ``rounds`` (a TrainConfig's settings),
+    each training a v-predicting copy of the last student (``net`` first) to take one DDIM step
+    where its teacher takes two; the student then teaches the next round on the halved grid.
+    Returns the weights of the students whose steps are in ``keep``, and each round's record."""
+    students, record = {}, []
+    for k, settings in enumerate(rounds):
+        settings = dict(settings, ema_decay=None, seed=k)
+        if steps is not None:
+            settings["steps"] = steps
+        objective = distill.ProgressiveDistillationLoss(teacher, grid)
+        began = time.perf_counter()
+        run = train(net, data, objective, TrainConfig(**settings), progress=False, device="cpu")
+        seconds = time.perf_counter() - began
+        loss = sum(run.losses[-100:]) / len(run.losses[-100:])
+        record.append({"steps": objective.steps, "loss": loss, "seconds": round(seconds, 1)})
+        log(
+            f"round {k + 1}: {grid.steps} -> {objective.steps} steps, loss {loss:.2e}, "
+            f"{seconds:.0f} s"
+        )
+        if objective.steps in keep:
+            students[f"steps_{objective.steps}"] = {
+                name: value.clone() for name, value in net.state_dict().items()
+            }
+        net.eval().requires_grad_(False)
+        teacher, grid = as_denoiser(net, "v"), distill.halve(grid)
+        net = copy.deepcopy(net).train().requires_grad_(True)
+    return students, record
+
+
+def _per_sample_eps(net):
+    """An eps network as a denoiser at points of per-sample (n,) levels."""
+
+    def denoiser(x, point):
+        return x0_from_eps(x, net(x, point.t), point.scale, point.std)
+
+    return denoiser
 
 
 def _consistency_run(net, data, teacher, process, settings, steps, log) -> tuple[dict, object]:
@@ -221,9 +289,7 @@ def train_consistency_digits(steps: int | None = None, log=print) -> dict:
     )
     schedule, split = images.digits_schedule(), images.load_digits_split()
 
-    def teacher(x, point):  # the eps network as a denoiser at per-sample points
-        return x0_from_eps(x, teacher_net(x, point.t), point.scale, point.std)
-
+    teacher = _per_sample_eps(teacher_net)
     net = images.build_net(teacher_record["net"])
     net.load_state_dict(teacher_net.state_dict())
     net.requires_grad_(True)
@@ -260,8 +326,9 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     out = PATHS[args.which] if args.out is None else args.out
-    if args.which == "progressive":
-        checkpoints.save(out, train_students(args.steps), checkpoints.FEWSTEP_STUDENTS)
+    if args.which in ("progressive", "digits_progressive"):
+        trainer = train_students if args.which == "progressive" else train_digits_students
+        checkpoints.save(out, trainer(args.steps), checkpoints.FEWSTEP_STUDENTS)
     else:
         trainer = train_consistency_mixture if args.which == "consistency" else None
         trainer = trainer or train_consistency_digits
