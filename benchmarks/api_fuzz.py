@@ -402,6 +402,10 @@ CASES = {
         grids.power_grid,
         lambda: dict(process=LIN, steps=4, power=2.0, t_end=3.0),
     ),
+    "grids.window_grid": (
+        grids.window_grid,
+        lambda: dict(process=LIN, steps=6, height=3.0, sigma_center=2.0, width=1.0, sigma_end=0.1),
+    ),
     "grids.grid_from_sigmas": (
         grids.grid_from_sigmas,
         lambda: dict(process=LIN, sigmas=torch.tensor([1.0, 0.5, 0.1], dtype=F64)),

@@ -30,7 +30,8 @@ signal scale is near 0 and x0 = (x - std eps) / scale would amplify its error a 
 
 The objective is :class:`ProgressiveDistillationLoss`; the loop is
 :func:`diffusion_core.train.train`, as for every model of the library. :func:`student_sampler`
-samples with a trained student. Used in Chapter 8 and by ``scripts/train_students.py``.
+samples with a trained student. Used in Chapter 8 and by ``scripts/train_students.py``, for the
+book's 2-D mixture (MLP students) and its digits denoiser (U-Net students).
 """
 
 from __future__ import annotations

@@ -192,6 +192,19 @@ CALLS = {
         None,
         True,
     ),
+    "window_grid": (
+        grids.window_grid,
+        lambda: {
+            "process": LIN,
+            "steps": 6,
+            "height": 3.0,
+            "sigma_center": 2.0,
+            "width": 1.0,
+            "sigma_end": 0.1,
+        },
+        None,
+        True,
+    ),
     "grid_from_sigmas": (
         grids.grid_from_sigmas,
         lambda: {"process": LIN, "sigmas": torch.tensor([3.0, 1.0, 0.3], dtype=F64)},

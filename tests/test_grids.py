@@ -1,5 +1,7 @@
 """Tests for :mod:`diffusion_core.grids`: the fixed grids and the grid fitted to a model."""
 
+import math
+
 import pytest
 import torch
 
@@ -135,6 +137,59 @@ def test_power_family_fit_beats_its_start_and_reports_its_statistic(statistic):
     squared = (samplers.unipc(MODEL, x, fit.grid) - reference).square().sum(1)
     value = squared.mean() if statistic == "mean" else squared.median()
     assert float(value.sqrt()) == pytest.approx(fit.error, rel=1e-9)
+
+
+def _window_mass(lower, upper, height, center, width):
+    """The integral of 1 + height exp(-(u - center)^2 / (2 width^2)) from lower to upper."""
+    scale = math.sqrt(2) * width
+    bump = math.erf((upper - center) / scale) - math.erf((lower - center) / scale)
+    return (upper - lower) + height * width * math.sqrt(math.pi / 2) * bump
+
+
+@pytest.mark.parametrize("height", [0.0, 3.0, 50.0])
+def test_window_grid_puts_equal_density_mass_between_its_levels(height):
+    """Each gap between neighbouring noisy levels holds 1 / (K - 1) of the density's integral
+    (the closed form in erf), from sigma_max to sigma_end; at height 0 the levels are evenly
+    spaced in log sigma, and with a bump the smallest gap lies next to its centre."""
+    center, width, end = math.log(2.0), 0.8, 0.05
+    grid = grids.window_grid(SCHEDULE, 9, height, 2.0, width, end)
+    sigma = grid.sigma[:-1].tolist()
+    high = float(SCHEDULE.grid(1)[0].sigma)
+    assert sigma[0] == pytest.approx(high, rel=1e-12) and sigma[-1] == pytest.approx(end, rel=1e-9)
+    assert float(grid.t[0]) == SCHEDULE.t_max and float(grid.t[-1]) == 0.0
+    u = [math.log(v) for v in sigma]
+    total = _window_mass(u[-1], u[0], height, center, width)
+    for a, b in zip(u, u[1:], strict=False):
+        assert _window_mass(b, a, height, center, width) == pytest.approx(total / 8, rel=1e-6)
+    gaps = [a - b for a, b in zip(u, u[1:], strict=False)]
+    if height == 0:
+        assert max(gaps) - min(gaps) < 1e-6
+    else:
+        narrow = gaps.index(min(gaps))
+        assert u[narrow + 1] - 0.5 <= center <= u[narrow] + 0.5
+
+
+def test_window_grid_refuses_bad_numbers_by_name():
+    for name, value, match in [
+        ("height", -1.0, "height must be a finite number in"),
+        ("width", 0.0, "width must be a finite number in"),
+        ("sigma_center", 0.0, "sigma_center must be a finite number in"),
+        ("sigma_end", 1e-4, "sigma_end must be a finite number in"),
+        ("sigma_end", 1e4, "sigma_end must be a finite number in"),
+    ]:
+        settings = {"height": 3.0, "sigma_center": 2.0, "width": 1.0, "sigma_end": 0.1}
+        with pytest.raises(ValueError, match=match):
+            grids.window_grid(SCHEDULE, 5, **{**settings, name: value})
+
+
+def test_window_family_fit_is_valid_never_worse_than_its_start_and_deterministic():
+    fits = [grids.fit_grid(MODEL, SCHEDULE, 6, seed=5, family="window", **SMALL) for _ in "ab"]
+    fit = fits[0]
+    assert fit.error <= fit.start_error and fit.trials > 37
+    assert torch.equal(fit.grid.t, fits[1].grid.t) and fit.error == fits[1].error
+    t = fit.grid.t.tolist()
+    assert t[0] == SCHEDULE.t_max and t[-1] == 0.0
+    assert all(b < a for a, b in zip(t, t[1:], strict=False))
 
 
 def test_fit_refuses_unknown_family_and_statistic():
