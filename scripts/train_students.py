@@ -151,7 +151,7 @@ def train_digits_students(steps: int | None = None, log=print) -> dict:
         net, _per_sample_eps(teacher_net), grid, split.train_images, rounds, KEEP, steps, log
     )
     return {
-        **{name: value for name, value in settings.items()},
+        **settings,
         "kind": "unet",
         "net": teacher_record["net"],
         "prediction": "v",
