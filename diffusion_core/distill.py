@@ -113,6 +113,8 @@ class ProgressiveDistillationLoss(Objective):
         halve(self.grid)  # checks the grid
         if float(self.grid.std[0]) <= 0 or float(self.grid.scale[0]) <= 0:
             raise ValueError("the grid must start at a point with scale > 0 and std > 0")
+        if float(self.grid.std[-2]) <= 0:
+            raise ValueError("the grid may reach std = 0 only at its last point")
         if self.prediction not in STUDENT_PREDICTIONS:
             raise ValueError(
                 f"prediction must be one of {STUDENT_PREDICTIONS} (eps cannot give x0 near zero "
@@ -132,8 +134,6 @@ class ProgressiveDistillationLoss(Objective):
         here, middle, there = (self.grid.at(2 * index + k) for k in range(3))
         x = x.to(F64)
         x_mid = _ddim_step(x, self.teacher(x, here).to(F64), here, middle)
-        if bool((middle.std == 0).any()):
-            raise ValueError("the teacher's grid may reach std = 0 only at its last point")
         x_end = _ddim_step(x_mid, self.teacher(x_mid, middle).to(F64), middle, there)
         ratio, gain = _ddim_coefficients(x, here, there)
         return (x_end - ratio * x) / gain
@@ -152,7 +152,12 @@ class ProgressiveDistillationLoss(Objective):
         here = self.grid.at(2 * index)  # the student's point i is the teacher's 2i
         scale, std = (per_sample(level.to(x0.device), x0) for level in (here.scale, here.std))
         x = scale * x0 + std * noise
-        target = self.targets(x, index).to(x0.device)
+        try:
+            target = self.targets(x, index).to(x0.device)
+        except (ValueError, TypeError) as error:  # a sample shape the teacher does not take
+            raise type(error)(
+                f"batch of shape {tuple(batch.shape)} does not fit the teacher: {error}"
+            ) from error
         student = as_denoiser(net, self.prediction)
         point = GridPoint(here.t.to(batch.device), here.scale, here.std)
         x0_hat = student(x.to(batch.dtype), point).to(F64)

@@ -169,6 +169,9 @@ def test_bad_arguments_are_refused_by_name():
         loss(MLPDenoiser(), torch.zeros(4), None, torch.Generator())
     with pytest.raises(ValueError, match="batch must hold n >= 1 samples"):
         loss(MLPDenoiser(), torch.zeros(0, 2), None, torch.Generator())
+    # a sample shape the 2-D teacher does not take is refused in the batch's name
+    with pytest.raises(ValueError, match=r"batch of shape \(8, 2, 1\) does not fit the teacher"):
+        loss(MLPDenoiser(), torch.zeros(8, 2, 1), None, torch.Generator())
 
 
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
