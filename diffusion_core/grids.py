@@ -354,7 +354,7 @@ def _fit_window(process, steps, error, start_grid, start_error, max_trials, bega
         return window_grid(process, steps, height, math.exp(float(theta[1])), width, end)
 
     centers = [bottom + f * span for f in (0.35, 0.5, 0.65, 0.8)]
-    ends = [-4.0, -1.0, 1.0]  # logits: the last level near sigma_min, a third and 3/4 up
+    ends = [-4.0, -1.0, 1.0]  # logits: the last level near sigma_min, 1/4 and 3/4 of the way up
     scan = [
         [math.log(height), center, 0.0, end]
         for height in (1.0, 3.0, 10.0)
