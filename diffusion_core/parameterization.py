@@ -250,7 +250,8 @@ class Denoiser:
 
     @staticmethod
     def _check_snr(point) -> None:
-        if point.scale == 0:
+        scale = point.scale  # a float, or one value per sample (a training objective's points)
+        if bool((scale == 0).any()) if isinstance(scale, torch.Tensor) else scale == 0:
             raise ValueError(
                 "prediction='eps' cannot recover x0 at zero SNR (scale = 0 at this t): x_t holds "
                 "no information about x0 there. Use a v- or x0-predicting model, or start the "

@@ -53,7 +53,7 @@ from diffusion_core import checkpoints, consistency, distill, images, metrics
 from diffusion_core.analytic import default_mixture_2d
 from diffusion_core.device import seed_everything
 from diffusion_core.nets import MLPDenoiser, count_parameters
-from diffusion_core.parameterization import as_denoiser, exact_denoiser, x0_from_eps
+from diffusion_core.parameterization import as_denoiser, exact_denoiser
 from diffusion_core.samplers import prior_sample
 from diffusion_core.schedules import linear_schedule
 from diffusion_core.train import TrainConfig, train
@@ -148,7 +148,7 @@ def train_digits_students(steps: int | None = None, log=print) -> dict:
     net.requires_grad_(True)
     rounds = (settings["first_round"], *[settings["later_rounds"]] * (grid.steps.bit_length() - 2))
     students, record = _progressive_rounds(
-        net, _per_sample_eps(teacher_net), grid, split.train_images, rounds, KEEP, steps, log
+        net, as_denoiser(teacher_net, "eps"), grid, split.train_images, rounds, KEEP, steps, log
     )
     return {
         **settings,
@@ -196,15 +196,6 @@ def _progressive_rounds(net, teacher, grid, data, rounds, keep, steps, log):
         teacher, grid = as_denoiser(net, "v"), distill.halve(grid)
         net = copy.deepcopy(net).train().requires_grad_(True)
     return students, record
-
-
-def _per_sample_eps(net):
-    """An eps network as a denoiser at points of per-sample (n,) levels."""
-
-    def denoiser(x, point):
-        return x0_from_eps(x, net(x, point.t), point.scale, point.std)
-
-    return denoiser
 
 
 def _consistency_run(net, data, teacher, process, settings, steps, log) -> tuple[dict, object]:
@@ -289,7 +280,7 @@ def train_consistency_digits(steps: int | None = None, log=print) -> dict:
     )
     schedule, split = images.digits_schedule(), images.load_digits_split()
 
-    teacher = _per_sample_eps(teacher_net)
+    teacher = as_denoiser(teacher_net, "eps")
     net = images.build_net(teacher_record["net"])
     net.load_state_dict(teacher_net.state_dict())
     net.requires_grad_(True)

@@ -213,21 +213,17 @@ def test_packaged_digit_students_stay_closer_to_their_teacher_than_ddim():
     assert sorted(students) == [1, 2, 4, 8] and state["kind"] == "unet"
     assert all(p.dtype == torch.float32 for net in students.values() for p in net.parameters())
     teacher_net, _ = images.load_digits_model(checkpoints.packaged("digits_unconditional"))
-    teacher = parameterization.as_denoiser(teacher_net, "eps")
-
-    def float32_teacher(x, point):
-        return teacher(x.float(), point)
-
+    teacher = parameterization.as_denoiser(teacher_net, "eps")  # float64 in and out
     process = images.digits_schedule()
     grid = process.grid(state["teacher_steps"], state["spacing"])
     z = torch.randn(1000, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=F64)
     x_T = grid[0].std * z
     with torch.no_grad():
-        reference = samplers.ddim(float32_teacher, x_T, grid)
+        reference = samplers.ddim(teacher, x_T, grid)
         for steps in (1, 2, 4):
             student_grid = grid[:: grid.steps // steps]
             out = distill.student_sampler(students[steps])(x_T.float(), student_grid).to(F64)
-            ddim_out = samplers.ddim(float32_teacher, x_T, student_grid)
+            ddim_out = samplers.ddim(teacher, x_T, student_grid)
             gain = (ddim_out - reference).square().flatten(1).sum(1)
             gain = gain - (out - reference).square().flatten(1).sum(1)
             mean, se = mean_and_standard_error(gain)

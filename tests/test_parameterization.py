@@ -260,14 +260,18 @@ def test_denoiser_adapters_reject_bad_arguments():
 def test_as_denoiser_accepts_one_time_per_sample():
     # The samplers hand one grid point to a whole batch; the conversions also take one level
     # per sample, so a point that carries (n,) times, scales and stds denoises every sample at
-    # its own time (v- and x0-prediction; eps-prediction's zero-SNR check reads one scale).
+    # its own time (every prediction; eps-prediction's zero-SNR check reads every scale).
     schedule, mixture = linear_schedule(100), default_mixture_2d()
     nets = nets_from_mixture(mixture, schedule)
     x = torch.randn(3, 2, generator=gen(1), dtype=torch.float64)
     t = torch.tensor([5, 50, 95])
     scale, std = schedule.marginal(t)
     expected = mixture.x0_pred(x, scale, std)
-    for prediction in ("v", "x0"):
+    zero_snr = rescale_zero_terminal_snr(scaled_linear_schedule(100))
+    at_end = torch.tensor([50, 100, 95])
+    with pytest.raises(ValueError, match="prediction='eps' cannot recover x0 at zero SNR"):
+        as_denoiser(nets["eps"], "eps")(x, GridPoint(at_end, *zero_snr.marginal(at_end)))
+    for prediction in ("v", "x0", "eps"):
         model = as_denoiser(nets[prediction], prediction)
         out = model(x, GridPoint(t, scale, std))
         torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
